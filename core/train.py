@@ -213,19 +213,21 @@ def batch_at(data: np.ndarray, step: int, cfg: TrainConfig, device) -> torch.Ten
     return torch.from_numpy(x).to(device, non_blocking=True)
 
 
-def val_windows(val: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+def val_windows(val: np.ndarray, cfg: TrainConfig, limit: int | None = None) -> np.ndarray:
+    """Non-overlapping validation windows; ``limit`` of them spread evenly (None: all)."""
     n = len(val) // cfg.context
-    idx = np.linspace(0, n - 1, num=min(cfg.eval_windows, n)).astype(np.int64)
+    idx = np.linspace(0, n - 1, num=n if limit is None else min(limit, n)).astype(np.int64)
     return np.stack([val[i * cfg.context : (i + 1) * cfg.context] for i in idx]).astype(np.int64)
 
 
 @torch.no_grad()
-def evaluate(model, windows: np.ndarray, device, batch: int = 16) -> list[float]:
+def evaluate(model, windows: np.ndarray, device, batch: int = 16, mixed: bool = True) -> list[float]:
+    """Mean per-head validation cross-entropy (nats/token); ``mixed=False`` forces fp32."""
     model.eval()
     total = torch.zeros(model.config.n_heads, dtype=torch.float64)
     for i in range(0, len(windows), batch):
         x = torch.from_numpy(windows[i : i + batch]).to(device)
-        with _autocast(device):
+        with _autocast(device if mixed else "cpu"):
             total += model(x, labels=x).head_losses.double().cpu() * len(x)
     model.train()
     return (total / len(windows)).tolist()
@@ -274,10 +276,11 @@ def fit(data_dir: Path, out_dir: Path, cfg: TrainConfig, device: str, compile_mo
         step, elapsed_before, history = ck["step"], ck["elapsed_s"], ck["history"]
         log(f"resumed at step {step}")
     fwd = torch.compile(model) if compile_model else model
-    windows = val_windows(val, cfg)
+    windows = val_windows(val, cfg, cfg.eval_windows)
     t0 = time.time()
     total = cfg.max_steps
-    bar = tqdm(total=total, initial=step, desc="train", disable=not sys.stderr.isatty() and "CI" in os.environ)
+    bar = tqdm(total=None if cfg.time_budget_s > 0 else total, initial=step, desc="train",
+               mininterval=1 if sys.stderr.isatty() else 30, disable="CI" in os.environ)
     model.train()
     while True:
         elapsed = elapsed_before + time.time() - t0
@@ -288,8 +291,16 @@ def fit(data_dir: Path, out_dir: Path, cfg: TrainConfig, device: str, compile_mo
         for g in opt.param_groups:
             g["lr"] = lr
         x = batch_at(train, step, cfg, device)
-        with _autocast(device):
-            out = fwd(x, labels=x)
+        try:
+            with _autocast(device):
+                out = fwd(x, labels=x)
+        except Exception as exc:  # torch.compile unavailable here: fall back to eager once
+            if fwd is model:
+                raise
+            log(f"torch.compile failed ({type(exc).__name__}: {exc}); continuing eagerly")
+            fwd = model
+            with _autocast(device):
+                out = fwd(x, labels=x)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -308,7 +319,7 @@ def fit(data_dir: Path, out_dir: Path, cfg: TrainConfig, device: str, compile_mo
                         "elapsed_s": elapsed_before + time.time() - t0, "history": history}, ckpt_path)
     bar.close()
     elapsed = elapsed_before + time.time() - t0
-    final = evaluate(model, windows, device)
+    final = evaluate(model, val_windows(val, cfg), device, mixed=False)
     history.append({"step": step, "tokens": step * cfg.batch_size * cfg.context, "elapsed_s": round(elapsed, 1),
                     "val_loss": final})
     return finish(model, data_dir, out_dir, cfg, meta, train, val, final, history, step, elapsed, device)
