@@ -1,0 +1,423 @@
+"""Streamlit-only helpers shared by every page: the sidebar (model source, prompt, steps, seed, goal),
+state that survives reruns, page switches and links (session state <-> URL query parameters),
+cached model loading, error display and token colouring. No math here: pages call ``core``.
+
+Every page calls ``setup_page`` first, so each page file also renders on its own
+(``AppTest.from_file("pages/<name>.py")``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS_FILE = ROOT / "assets" / "prompts" / "prompts.json"
+
+DEFAULT_SOURCE = "mtp"
+DEFAULT_STEPS = 32
+MAX_TEXT_STEPS = 64  # most tokens a page decodes on a neural model (keeps every click bounded)
+MAX_SEED = 2**31 - 1
+GOAL_NAMES = ("0-1", "Hamming", "N-gram Hamming", "Distribution match (KL)", "Distribution match (TV)")
+FALLBACK_PROMPT = {"name": "fibonacci", "text": "def fibonacci(n):\n    ", "note": ""}
+
+SOURCE_LABELS = {
+    "mtp": "Shipped multi-head model (4 heads, Python code)",
+    "smollm2": "SmolLM2-135M-Instruct (pretrained English + code, 1 head)",
+}
+
+# sidebar state: key -> default. Keys are also the URL query parameter names.
+SIDEBAR_DEFAULTS = {
+    "source": DEFAULT_SOURCE,
+    "prompt": FALLBACK_PROMPT["text"],
+    "steps": DEFAULT_STEPS,
+    "seed": 0,
+    "goal": "0-1",
+    "ngram_n": 2,
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the sidebar selected, resolved: the model and goal objects the page computes with."""
+
+    source: str  # "mtp" | "smollm2" | "toy:<preset name>" | "local:<path>"
+    model: object  # a core NextTokenModel (cached with st.cache_resource)
+    is_text: bool  # model has encode/decode (toys don't)
+    n_heads: int  # 1 for single-head models and toys
+    prompt: str  # "" for toys
+    prompt_ids: tuple[int, ...]  # () for toys
+    steps: int
+    seed: int
+    goal_name: str  # one of GOAL_NAMES
+    goal: object  # a core.goals goal instance
+
+    @property
+    def is_toy(self) -> bool:
+        return self.source.startswith("toy:")
+
+    @property
+    def source_label(self) -> str:
+        return source_label(self.source)
+
+
+# ---- state and URL --------------------------------------------------------------------------------
+
+
+def _coerce(raw: str, default):
+    """A URL string as the default's type; raises ValueError when it does not parse."""
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(raw)
+        return raw.lower() in ("true", "1")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def init_state(defaults: Mapping[str, object]) -> None:
+    """Give every key a value: its URL query parameter the first time this session sees the key,
+    else its default. Values already in session state are re-assigned so widget state survives a
+    switch to another page (widgets there are new elements with the same keys)."""
+    read = st.session_state.setdefault("_url_read", set())
+    for key, default in defaults.items():
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+            continue
+        value = default
+        if key not in read and key in st.query_params:
+            try:
+                value = _coerce(st.query_params[key], default)
+            except ValueError:
+                st.warning(f"Ignored the link's {key}={st.query_params[key]!r}: not a valid {type(default).__name__}.")
+        read.add(key)
+        st.session_state[key] = value
+    st.session_state.setdefault("_url_keys", {}).update({k: None for k in defaults})
+
+
+def sync_url() -> None:
+    """Write every state key a page declared with ``init_state`` to the URL, so the link reproduces
+    the view. Values equal to their default are left out to keep links short."""
+    params = {}
+    for key in st.session_state.get("_url_keys", {}):
+        value = st.session_state.get(key)
+        if isinstance(value, bool | int | float | str) and not _is_default(key, value):
+            params[key] = str(value)
+    if dict(st.query_params) != params:
+        st.query_params.from_dict(params)
+
+
+def _is_default(key: str, value) -> bool:
+    defaults = st.session_state.get("_defaults", {})
+    return key in defaults and defaults[key] == value
+
+
+def declare_state(defaults: Mapping[str, object]) -> None:
+    """``init_state`` plus remembering the defaults (for short URLs). Pages call this for their own
+    widget keys before drawing those widgets; ``setup_page`` calls it for the sidebar's."""
+    st.session_state.setdefault("_defaults", {}).update(defaults)
+    init_state(defaults)
+
+
+# ---- models ---------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=6, show_spinner=False)
+def load_source(source: str):
+    """The NextTokenModel behind a source string (shared by all sessions; the models lock their
+    forward passes)."""
+    if source == "mtp":
+        from core.engine import load_default
+
+        return load_default()
+    if source == "smollm2":
+        from core.hf import load_smollm2
+
+        return load_smollm2()
+    if source.startswith("toy:"):
+        from core.toy import PRESETS
+
+        name = source[4:]
+        if name not in PRESETS:
+            raise ValueError(f"unknown toy preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[name].build()
+    if source.startswith("local:"):
+        from core.hf import load_local_model
+
+        return load_local_model(source[6:])
+    raise ValueError(f"unknown source {source!r}; use mtp, smollm2, toy:<preset> or local:<path>")
+
+
+def toy_presets() -> dict:
+    try:
+        from core.toy import PRESETS
+    except ImportError:
+        return {}
+    return PRESETS
+
+
+def available_sources() -> list[str]:
+    """Sources offered in the sidebar: the shipped model, SmolLM2, every toy preset and every local
+    model loaded on the Models page this session."""
+    sources = ["mtp", "smollm2"] + [f"toy:{name}" for name in toy_presets()]
+    sources += [f"local:{p}" for p in st.session_state.get("local_models", [])]
+    current = st.session_state.get("source")
+    if isinstance(current, str) and current.startswith("local:") and current not in sources:
+        sources.append(current)  # a link to a local model: offered, loaded (or refused) on use
+    return sources
+
+
+def source_label(source: str) -> str:
+    if source in SOURCE_LABELS:
+        return SOURCE_LABELS[source]
+    if source.startswith("toy:"):
+        return f"Toy: {source[4:]} (exact)"
+    if source.startswith("local:"):
+        return f"Local: {Path(source[6:]).name}"
+    return source
+
+
+def add_local_model(path: str) -> str:
+    """Register a loaded local model as a sidebar source and select it; returns the source string."""
+    source = f"local:{path}"
+    local = st.session_state.setdefault("local_models", [])
+    if path not in local:
+        local.append(path)
+    st.session_state["source"] = source
+    return source
+
+
+# ---- prompts and goals ----------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False)
+def example_prompts() -> list[dict]:
+    """The example prompts shipped in assets/prompts/prompts.json ({name, text, note})."""
+    try:
+        prompts = json.loads(PROMPTS_FILE.read_text(encoding="utf-8"))
+        return [p for p in prompts if isinstance(p, dict) and p.get("name") and isinstance(p.get("text"), str)]
+    except (OSError, ValueError):
+        return [FALLBACK_PROMPT]
+
+
+def make_goal(name: str, ngram_n: int = 2):
+    """The core goal for a sidebar goal name."""
+    from core.goals import DistributionMatch, Hamming, NGramHamming, ZeroOne
+
+    if name == "0-1":
+        return ZeroOne()
+    if name == "Hamming":
+        return Hamming()
+    if name == "N-gram Hamming":
+        return NGramHamming(int(ngram_n))
+    if name == "Distribution match (KL)":
+        return DistributionMatch("kl")
+    if name == "Distribution match (TV)":
+        return DistributionMatch("tv")
+    raise ValueError(f"unknown goal {name!r}; choose one of {', '.join(GOAL_NAMES)}")
+
+
+# ---- sidebar --------------------------------------------------------------------------------------
+
+
+def _on_example() -> None:
+    chosen = st.session_state.get("example_prompt")
+    for p in example_prompts():
+        if p["name"] == chosen:
+            st.session_state["prompt"] = p["text"]
+
+
+def _on_source() -> None:
+    """Switching to a toy sets steps to its length; switching back restores a text length."""
+    source, previous = st.session_state["source"], st.session_state.get("_previous_source", "")
+    if source.startswith("toy:"):
+        try:
+            st.session_state["steps"] = int(load_source(source).length)
+        except Exception:  # noqa: BLE001 - the page reports the problem when it loads the source
+            pass
+    elif previous.startswith("toy:"):
+        st.session_state["steps"] = DEFAULT_STEPS
+
+
+def _sidebar_defaults() -> dict:
+    defaults = dict(SIDEBAR_DEFAULTS)
+    prompts = example_prompts()
+    if prompts:
+        defaults["prompt"] = prompts[0]["text"]
+    return defaults
+
+
+def _draw_sidebar() -> None:
+    sb = st.sidebar
+    sources = available_sources()
+    st.session_state["_previous_source"] = st.session_state["source"]
+    if st.session_state["source"] not in sources:
+        sources.append(st.session_state["source"])  # shown, then refused with an error below
+    sb.selectbox("Model", sources, key="source", format_func=source_label, on_change=_on_source,
+                 help="The truth P the decoders run on. Toys are small exact distributions (no text).")
+    is_toy = st.session_state["source"].startswith("toy:")
+    if is_toy:
+        preset = toy_presets().get(st.session_state["source"][4:])
+        if preset is not None:
+            sb.caption(preset.description)
+    else:
+        names = [p["name"] for p in example_prompts()]
+        st.session_state.setdefault("example_prompt", names[0] if names else None)
+        if st.session_state["example_prompt"] not in names:
+            st.session_state["example_prompt"] = names[0] if names else None
+        sb.selectbox("Example prompt", names, key="example_prompt", on_change=_on_example,
+                     help="Loads the example into the prompt box; edit it freely.")
+        note = next((p.get("note") for p in example_prompts() if p["name"] == st.session_state["example_prompt"]), "")
+        if note:
+            sb.caption(note)
+        sb.text_area("Prompt", key="prompt", height=140)
+    sb.number_input("Steps (new tokens)", step=1, key="steps",
+                    help=f"1 to the toy's length for toys; 1 to {MAX_TEXT_STEPS} for text models.")
+    sb.number_input("Seed", step=1, key="seed", help="Every random number on the page follows from this seed.")
+    sb.selectbox("Goal", GOAL_NAMES, key="goal",
+                 help="What an output is judged by: exact answer (0-1), wrong positions (Hamming), "
+                      "wrong N-token windows, or how far the decoder's output distribution is from P.")
+    if st.session_state["goal"] == "N-gram Hamming":
+        sb.number_input("N (window length)", step=1, key="ngram_n")
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _resolve(state) -> Context:
+    """The Context for the sidebar's values; ValueError naming the first problem."""
+    source = state["source"]
+    if source not in available_sources():
+        allowed = ", ".join(available_sources())
+        raise ValueError(f"unknown model source {source!r}; allowed: {allowed} (load local models on the Models page)")
+    with st.spinner(f"Loading {source_label(source)}…"):
+        model = load_source(source)
+    is_text = hasattr(model, "encode") and hasattr(model, "decode")
+    seed = _check_int("seed", state["seed"], 0, MAX_SEED)
+    if is_text:
+        steps = _check_int("steps", state["steps"], 1, MAX_TEXT_STEPS)
+        prompt = state["prompt"] or ""
+        if not prompt.strip():
+            raise ValueError("the prompt is empty: type some text or pick an example prompt")
+        prompt_ids = tuple(int(t) for t in model.encode(prompt))
+        if not prompt_ids:
+            raise ValueError("the prompt encodes to no tokens: type some text or pick an example prompt")
+        if hasattr(model, "check_room"):
+            model.check_room(len(prompt_ids) + steps)
+    else:
+        steps = _check_int(f"steps (for {source[4:]}, a toy of length {model.length})", state["steps"], 1,
+                           model.length)
+        prompt, prompt_ids = "", ()
+    goal_name = state["goal"]
+    if goal_name not in GOAL_NAMES:
+        raise ValueError(f"unknown goal {goal_name!r}; choose one of {', '.join(GOAL_NAMES)}")
+    ngram_n = _check_int("N (the N-gram window)", state["ngram_n"], 1, steps) if goal_name == "N-gram Hamming" else 2
+    return Context(source, model, is_text, int(getattr(model, "n_heads", 1)), prompt, prompt_ids, steps, seed,
+                   goal_name, make_goal(goal_name, ngram_n))
+
+
+def setup_page(title: str, icon: str = "") -> Context | None:
+    """Draw the shared sidebar and the page title; return the resolved Context, or show an
+    st.error naming the problem (and the allowed values) and return None."""
+    declare_state(_sidebar_defaults())
+    st.title(f"{icon} {title}".strip())
+    _draw_sidebar()
+    sync_url()
+    try:
+        return _resolve(st.session_state)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback
+        show_error(exc)
+        return None
+
+
+def show_error(exc: Exception) -> None:
+    """Show an exception as a message: ValueErrors say what to change; anything else gets a short
+    note (never a traceback)."""
+    if isinstance(exc, ValueError):
+        st.error(str(exc))
+    elif isinstance(exc, MemoryError):
+        st.error("Out of memory: lower steps, samples or the lookahead depth.")
+    else:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        st.error(f"Could not compute this view ({type(exc).__name__}{': ' + first if first else ''}). "
+                 "Try other settings.")
+
+
+# ---- token colouring ------------------------------------------------------------------------------
+
+PROBABILITY_BUCKETS = (  # (lower bound of p, background colour): clamped so one rare token cannot wash out the rest
+    (0.8, "#b7e4c7"),
+    (0.5, "#d8f3dc"),
+    (0.2, "#fff3bf"),
+    (0.05, "#ffd8a8"),
+    (0.0, "#ffc9c9"),
+)
+TOY_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def token_label(model, token_id: int) -> str:
+    """A token's text (text models) or its letter (toys: 0 = A, 1 = B, ...)."""
+    if hasattr(model, "token_text"):
+        return model.token_text(int(token_id))
+    if hasattr(model, "decode"):
+        return model.decode([int(token_id)])
+    return TOY_LETTERS[token_id] if 0 <= token_id < len(TOY_LETTERS) else f"<{token_id}>"
+
+
+def sequence_label(model, tokens: Sequence[int]) -> str:
+    """A whole output as text (text models) or letters (toys)."""
+    if hasattr(model, "decode") and not hasattr(model, "joint"):
+        return model.decode([int(t) for t in tokens])
+    return "".join(token_label(model, t) for t in tokens)
+
+
+def probability_colour(p: float) -> str:
+    for low, colour in PROBABILITY_BUCKETS:
+        if p >= low:
+            return colour
+    return PROBABILITY_BUCKETS[-1][1]
+
+
+def _visible(text: str) -> str:
+    """Escape a token's text for HTML, keeping whitespace visible."""
+    shown = html.escape(text).replace("\n", "↵\n").replace("\t", "⇥   ")
+    return shown if shown.strip() else shown.replace(" ", "·")
+
+
+def token_html(model, tokens: Sequence[int], logprobs: Sequence[float], ranks: Sequence[int] | None = None,
+               prefix: str = "") -> str:
+    """Tokens as HTML spans coloured by their probability under the model; hovering shows p and
+    rank (1 = the most likely token at that position). ``prefix`` (e.g. the prompt) is shown
+    greyed in front."""
+    spans = [f'<span style="color:#868e96">{_visible(prefix)}</span>'] if prefix else []
+    for i, (tok, lp) in enumerate(zip(tokens, logprobs)):
+        p = math.exp(lp)
+        hover = f"p = {p:.3f}" + (f" · rank {int(ranks[i])}" if ranks is not None else "")
+        hover += f" · token id {int(tok)}"
+        spans.append(f'<span title="{html.escape(hover)}" style="background:{probability_colour(p)};'
+                     f'border-radius:3px;padding:0 1px">{_visible(token_label(model, tok))}</span>')
+    return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.7;font-size:0.95em">'
+            + "".join(spans) + "</div>")
+
+
+def probability_legend_html() -> str:
+    """A one-line key for ``token_html``'s colours."""
+    items = []
+    bounds = [b for b, _ in PROBABILITY_BUCKETS]
+    for i, (low, colour) in enumerate(PROBABILITY_BUCKETS):
+        label = f"p ≥ {low:g}" if i == 0 else f"{low:g} ≤ p < {bounds[i - 1]:g}"
+        items.append(f'<span style="background:{colour};border-radius:3px;padding:0 4px">{label}</span>')
+    return '<div style="font-size:0.8em">' + " ".join(items) + " · hover a token for p and rank</div>"
