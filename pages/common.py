@@ -8,6 +8,7 @@ Every page calls ``setup_page`` first, so each page file also renders on its own
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -239,10 +240,8 @@ def _on_source() -> None:
     """Switching to a toy sets steps to its length; switching back restores a text length."""
     source, previous = st.session_state["source"], st.session_state.get("_previous_source", "")
     if source.startswith("toy:"):
-        try:
+        with contextlib.suppress(Exception):  # the page reports the problem when it loads the source
             st.session_state["steps"] = int(load_source(source).length)
-        except Exception:  # noqa: BLE001 - the page reports the problem when it loads the source
-            pass
     elif previous.startswith("toy:"):
         st.session_state["steps"] = DEFAULT_STEPS
 
