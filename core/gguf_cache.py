@@ -13,6 +13,7 @@ so a crash or a concurrent loader never leaves a half-written copy behind. Nothi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -46,12 +47,18 @@ def cached_dir(gguf_path: str | Path) -> Path:
 
 def gguf_parameter_count(gguf_path: str | Path) -> int:
     """Number of weights in a GGUF file (read from its tensor headers); ValueError if unreadable."""
+    stat = Path(gguf_path).stat()
+    return _parameter_count(str(Path(gguf_path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _parameter_count(path: str, size: int, mtime_ns: int) -> int:
     import gguf
 
     try:
-        reader = gguf.GGUFReader(str(gguf_path))
+        reader = gguf.GGUFReader(path)  # parses the whole vocabulary too: seconds, hence the cache
     except Exception as err:  # the reader raises bare ValueError/KeyError/struct errors on bad files
-        raise ValueError(f"{gguf_path} is not a readable GGUF file ({err})") from err
+        raise ValueError(f"{path} is not a readable GGUF file ({err})") from err
     return sum(int(t.n_elements) for t in reader.tensors)
 
 

@@ -212,8 +212,9 @@ class HFEngine:
         if bad:
             raise ValueError(f"token id {bad[0]} is outside this model's vocabulary [0, {self.vocab_size})")
 
-    def _context(self, tokens: Sequence[int]) -> list[int]:
-        """What the model reads for a prefix (see the module docstring's start-token rule)."""
+    def context_ids(self, tokens: Sequence[int]) -> list[int]:
+        """The ids the model reads for a prefix (the module docstring's start-token rule): the input
+        to give ``model.generate`` for the same continuation."""
         tokens = [int(t) for t in tokens]
         self.check_tokens(tokens)
         self.check_room(len(tokens))
@@ -241,7 +242,7 @@ class HFEngine:
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         if len(prefixes) == 0:
             return torch.empty(0, self.vocab_size)
-        rows = [self._context(p) for p in prefixes]
+        rows = [self.context_ids(p) for p in prefixes]
         common = _common_prefix_length(rows)
         out = torch.empty(len(rows), self.vocab_size)
         with self._lock:
@@ -295,7 +296,7 @@ class HFEngine:
             raise ValueError(f"steps must be >= 0, got {steps}")
         prompt = [int(t) for t in prompt]
         self.check_room(len(prompt) + steps)
-        context = self._context(prompt)
+        context = self.context_ids(prompt)
         logits, cache = self._forward(torch.as_tensor(context, dtype=torch.long)[None], None, last_only=True)
         last = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
         if batch > 1:
@@ -373,7 +374,10 @@ def _safetensors_parameter_count(directory: Path) -> int:
 def check_memory(path: str | Path) -> str | None:
     """A warning when the model at ``path`` needs more memory (float32 weights) than is available,
     else None. Validates ``path`` like ``load_local_model``."""
-    path = _check_path(path)
+    return _memory_warning(_check_path(path))
+
+
+def _memory_warning(path: Path) -> str | None:
     if path.is_file():
         from core.gguf_cache import cached_dir, gguf_parameter_count
 
@@ -451,7 +455,7 @@ def load_local_model(path: str | Path, *, allow_large: bool = False, device: str
     Raises ValueError naming the problem for anything else, and ``ModelTooLargeError`` (a ValueError)
     when ``check_memory`` warns, unless ``allow_large``."""
     path = _check_path(path)
-    warning = check_memory(path)
+    warning = _memory_warning(path)
     if warning and not allow_large:
         raise ModelTooLargeError(f"{warning}; pass allow_large=True to load it anyway")
     if path.is_file():
@@ -460,7 +464,7 @@ def load_local_model(path: str | Path, *, allow_large: bool = False, device: str
 
 
 def _load_directory(path: Path):
-    """(model, tokenizer) from a directory ``check_memory`` has read (so its safetensors headers are sound)."""
+    """(model, tokenizer) from a directory ``_memory_warning`` has read (so its safetensors headers are sound)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:

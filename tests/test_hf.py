@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import core.hf as hf
 from core.engine import DEFAULT_MODEL_DIR
@@ -83,11 +83,13 @@ def smollm2() -> HFEngine:
     return load_smollm2()
 
 
-def generate_tokens(engine: HFEngine, prompt: list[int], steps: int, **kwargs) -> list[int]:
-    """New tokens from ``model.generate`` on the same context the engine reads for ``prompt``."""
-    ids = torch.as_tensor([engine._context(prompt)])
-    out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False,
-                                pad_token_id=engine.eos_id, **kwargs)
+def generate_tokens(engine: HFEngine, prompt: list[int], steps: int, num_beams: int = 1) -> list[int]:
+    """New tokens from ``model.generate`` on the context the engine reads for ``prompt``, with EOS off:
+    our decoders never stop at EOS, so every run has exactly ``steps`` tokens (see ``core.decoders.Beam``)."""
+    ids = torch.as_tensor([engine.context_ids(prompt)])
+    config = GenerationConfig(do_sample=False, num_beams=num_beams, max_new_tokens=steps,
+                              eos_token_id=None, pad_token_id=None, bos_token_id=None)
+    out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
     return out[0, ids.shape[1]:].tolist()
 
 
@@ -110,7 +112,7 @@ def greedy_by_session(model, prompt: list[int], steps: int, batch: int = 1) -> l
 def full_forward_logprobs(engine: HFEngine, prefix: list[int]) -> torch.Tensor:
     """The reference: one uncached forward pass over the whole context."""
     with torch.inference_mode():
-        logits = engine.model(torch.as_tensor([engine._context(prefix)])).logits
+        logits = engine.model(torch.as_tensor([engine.context_ids(prefix)])).logits
     return torch.log_softmax(logits[0, -1].float(), dim=-1)
 
 
@@ -125,6 +127,18 @@ def test_greedy_matches_generate(name, request):
         assert greedy_by_logprobs(engine, prompt, 12) == expected
         assert greedy_by_session(engine, prompt, 12) == expected
         assert greedy_by_session(engine, prompt, 12, batch=3) == expected
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_decoders_match_generate(name, request):
+    decoders = pytest.importorskip("core.decoders")
+    engine = request.getfixturevalue(name)
+    for text in PROMPTS[:2]:
+        prompt = engine.encode(text)
+        assert list(decoders.Greedy().decode(engine, prompt, 10).tokens) == generate_tokens(engine, prompt, 10)
+        for width in (2, 4):
+            beam = decoders.Beam(width).decode(engine, prompt, 10).tokens
+            assert list(beam) == generate_tokens(engine, prompt, 10, num_beams=width), (text, width)
 
 
 def test_protocol_and_interface(gpt2, llama):
@@ -377,3 +391,12 @@ def test_smollm2_greedy_matches_generate(smollm2):
         expected = generate_tokens(smollm2, prompt, 8)
         assert greedy_by_session(smollm2, prompt, 8) == expected, text
         assert greedy_by_logprobs(smollm2, prompt, 8) == expected, text
+
+
+def test_smollm2_decoders_match_generate(smollm2):
+    decoders = pytest.importorskip("core.decoders")
+    for text in SMOL_PROMPTS:
+        prompt = smollm2.encode(text)
+        assert list(decoders.Greedy().decode(smollm2, prompt, 8).tokens) == generate_tokens(smollm2, prompt, 8)
+        beam = decoders.Beam(3).decode(smollm2, prompt, 8).tokens
+        assert list(beam) == generate_tokens(smollm2, prompt, 8, num_beams=3), text
