@@ -72,6 +72,21 @@ class MTPOutput(ModelOutput):
     head_losses: torch.Tensor | None = None  # [n_heads]
 
 
+def _linear(x, weight, bias=None):
+    """``F.linear`` whose result for a row does not depend on how many rows come with it.
+
+    BLAS libraries multiply a single row with a matrix-vector kernel and several rows with a
+    matrix-matrix kernel that sums in another order (measured with MKL: 1 row differs in the last
+    bits from 2..8 rows, which all agree). A lone row is therefore computed as two, so a one-token
+    step and a multi-token feed (speculative verification) give bitwise equal rows; the
+    matrix-matrix kernel is also the faster one for a single row on CPU.
+    """
+    if x.numel() == x.shape[-1]:
+        flat = x.reshape(1, -1)
+        return F.linear(torch.cat([flat, flat]), weight, bias)[:1].view(*x.shape[:-1], -1)
+    return F.linear(x, weight, bias)
+
+
 def _attend(q, k_new, v_new, base_k=None, base_v=None, causal_offset: int = 0):
     """Attention of q [B,H,T,D] over an optional shared base (batch 1, all visible) followed by
     this batch's own keys k_new [B,H,L,D], of which query i sees the first causal_offset+i+1."""
@@ -90,7 +105,7 @@ def _attend(q, k_new, v_new, base_k=None, base_v=None, causal_offset: int = 0):
     qh = q.permute(1, 0, 2, 3).reshape(H, B * T, D)
     s_base = torch.bmm(qh, base_k[0].transpose(1, 2)).view(H, B, T, P).permute(1, 0, 2, 3)
     s_own = torch.matmul(q, k_new.transpose(-1, -2))
-    if T > 1 or L > causal_offset + 1:
+    if T > 1 or causal_offset + 1 < L:
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(causal_offset)
         s_own = s_own.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(torch.cat([s_base, s_own], dim=-1) * scale, dim=-1)
@@ -133,13 +148,12 @@ class Block(nn.Module):
     def keys_values(self, x):
         """Keys and values [B,H,T,D] of inputs x [B,T,d] (no query, no MLP)."""
         d = x.shape[-1]
-        kv = F.linear(self.ln1(x), self.qkv.weight[d:], self.qkv.bias[d:])
-        k, v = kv.chunk(2, dim=-1)
+        k, v = _linear(self.ln1(x), self.qkv.weight[d:], self.qkv.bias[d:]).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
     def step(self, x, layer_cache: LayerCache, start: int):
         """Run x [B,T,d] at positions start..start+T-1, writing its keys/values into the cache."""
-        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = _linear(self.ln1(x), self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
         T = x.shape[1]
         layer_cache.write(start, self._split(k), self._split(v))
         return self.query(x, self._split(q), layer_cache, start + T)
@@ -150,7 +164,9 @@ class Block(nn.Module):
         T = q.shape[2]
         k_own, v_own = layer_cache.view(upto)
         a = _attend(q, k_own, v_own, layer_cache.base_k, layer_cache.base_v, k_own.shape[2] - T)
-        return self._mlp(x + self.proj(self._merge(a)))
+        x = x + _linear(self._merge(a), self.proj.weight, self.proj.bias)
+        h = F.gelu(_linear(self.ln2(x), self.fc.weight, self.fc.bias))
+        return x + _linear(h, self.out.weight, self.out.bias)
 
 
 class LayerCache:
@@ -261,11 +277,11 @@ class MTPModel(PreTrainedModel):
         self.wte = value
 
     def unembed(self, h):
-        return F.linear(self.ln_f(h), self.wte.weight)
+        return _linear(self.ln_f(h), self.wte.weight)
 
     def forward(self, input_ids, labels=None, **_):
         B, T = input_ids.shape
-        if T > self.config.max_len:
+        if self.config.max_len < T:
             raise ValueError(f"sequence length {T} exceeds max_len {self.config.max_len}")
         pos = torch.arange(T, device=input_ids.device)
         z = self.wte(input_ids) + self.wpe(pos)

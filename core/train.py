@@ -128,7 +128,9 @@ def prepare(corpus: str, data_dir: Path, vocab_size: int) -> dict:
     for source, path, text in read_texts(files):
         (val_docs if source == first and is_val(source, path) else train_docs).append(text)
     if not train_docs or not val_docs:
-        raise ValueError(f"corpus {corpus!r} gave {len(train_docs)} training and {len(val_docs)} validation files; need both")
+        raise ValueError(
+            f"corpus {corpus!r} gave {len(train_docs)} training and {len(val_docs)} validation files; need both"
+        )
     tok = train_tokenizer(train_docs, vocab_size)
     tok.save(str(data_dir / "tokenizer.json"))
     eot = tok.token_to_id(EOT)
@@ -247,7 +249,11 @@ def lr_at(progress: float, step: int, cfg: TrainConfig) -> float:
 
 
 def fit(data_dir: Path, out_dir: Path, cfg: TrainConfig, device: str, compile_model: bool = False,
-        resume: bool = False, log=print) -> dict:
+        resume: bool = False, log=print, stop_at_step: int | None = None) -> dict | None:
+    """Train (or resume from ``out_dir/checkpoint.pt``) and write the model directory.
+
+    ``stop_at_step`` pauses the run there: the checkpoint is saved and None returned, so a long
+    CPU run can go in pieces (``--resume`` continues it with the same schedule and data)."""
     from tqdm import tqdm
 
     from core.model import MTPConfig, MTPModel
@@ -287,6 +293,11 @@ def fit(data_dir: Path, out_dir: Path, cfg: TrainConfig, device: str, compile_mo
         progress = elapsed / cfg.time_budget_s if cfg.time_budget_s > 0 else step / cfg.max_steps
         if progress >= 1.0 or (cfg.time_budget_s <= 0 and step >= cfg.max_steps):
             break
+        if stop_at_step is not None and step >= stop_at_step:
+            save_checkpoint(ckpt_path, model, opt, step, elapsed, history)
+            bar.close()
+            log(f"paused at step {step}; continue with --resume")
+            return None
         lr = lr_at(progress, step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -315,14 +326,20 @@ def fit(data_dir: Path, out_dir: Path, cfg: TrainConfig, device: str, compile_mo
                             "elapsed_s": round(elapsed_before + time.time() - t0, 1),
                             "train_loss": out.loss.item() / cfg.n_heads, "val_loss": vl})
             log(f"step {step} val per head {[round(v, 3) for v in vl]}")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                        "elapsed_s": elapsed_before + time.time() - t0, "history": history}, ckpt_path)
+            save_checkpoint(ckpt_path, model, opt, step, elapsed_before + time.time() - t0, history)
     bar.close()
     elapsed = elapsed_before + time.time() - t0
     final = evaluate(model, val_windows(val, cfg), device, mixed=False)
     history.append({"step": step, "tokens": step * cfg.batch_size * cfg.context, "elapsed_s": round(elapsed, 1),
                     "val_loss": final})
     return finish(model, data_dir, out_dir, cfg, meta, train, val, final, history, step, elapsed, device)
+
+
+def save_checkpoint(path: Path, model, opt, step: int, elapsed_s: float, history: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "elapsed_s": elapsed_s, "history": history}, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the last good checkpoint
 
 
 def finish(model, data_dir, out_dir, cfg, meta, train, val, final, history, step, elapsed, device) -> dict:
@@ -371,8 +388,9 @@ distribution and run self-speculative decoding offline.
 
 ## Model
 - {r['parameters']:,} parameters ({r['non_embedding_parameters']:,} without embeddings); stored in bf16 safetensors.
-- d_model {c['d_model']}, {c['n_trunk_layers']} trunk blocks, {c['n_heads']} head blocks, {c['n_attn_heads']} attention heads,
-  context {c['context']} tokens, learned positions, tied embedding/unembedding, vocabulary {d['vocab_size']} (byte-level BPE).
+- d_model {c['d_model']}, {c['n_trunk_layers']} trunk blocks, {c['n_heads']} head blocks,
+  {c['n_attn_heads']} attention heads, context {c['context']} tokens, learned positions,
+  tied embedding/unembedding, vocabulary {d['vocab_size']} (byte-level BPE).
 
 ## Data
 - Corpus spec `{d['corpus']}`: `.py` source files of the Python {d.get('python', '?')} standard library
@@ -417,6 +435,7 @@ def main(argv=None):
     f.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     f.add_argument("--compile", action="store_true")
     f.add_argument("--resume", action="store_true")
+    f.add_argument("--stop-at-step", type=int, default=None, help="pause here (checkpoint saved); resume later")
     for field, default in asdict(TrainConfig()).items():
         f.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
     a = ap.parse_args(argv)
@@ -426,7 +445,9 @@ def main(argv=None):
     cfg = TrainConfig(**{k: getattr(a, k) for k in asdict(TrainConfig())})
     if torch.device(a.device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    r = fit(a.data, a.out, cfg, a.device, compile_model=a.compile, resume=a.resume)
+    r = fit(a.data, a.out, cfg, a.device, compile_model=a.compile, resume=a.resume, stop_at_step=a.stop_at_step)
+    if r is None:
+        return
     print(json.dumps({k: r[k] for k in ("steps", "tokens_seen", "train_seconds", "val_nats_per_token",
                                          "val_bits_per_byte", "baseline_nats_per_token")}, indent=1))
 
