@@ -1,0 +1,194 @@
+"""Streamlit helpers shared by the Step inspector, Choice points and Speculative pages: cached calls
+into ``core`` (keyed by the model source, so the model object itself is never hashed), charts and
+small HTML views. No math here.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages.common import Context, sequence_label, token_label
+
+HEAD_COLOUR = "#4c6ef5"
+PATH_COLOUR = "#f08c00"
+MISS_COLOUR = "#e03131"
+HIT_COLOUR = "#2f9e44"
+
+
+# ---- cached core calls (argument ``source`` stands for the unhashed ``_model``) --------------------
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def greedy_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int):
+    from core.decoders import Greedy
+
+    return Greedy().decode(_model, list(prompt_ids), steps)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def sampled_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int, seed: int):
+    from core.decoders import Sampling
+
+    return Sampling(temperature=1.0).decode(_model, list(prompt_ids), steps, seed=seed)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def scored_path(_model, source: str, prompt_ids: tuple[int, ...], tokens: tuple[int, ...]):
+    """The Path of a given output (its per-step log-probabilities under the model)."""
+    from core.decoders import Fixed
+
+    return Fixed(tokens).decode(_model, list(prompt_ids), len(tokens))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def head_views(_model, source: str, prefix: tuple[int, ...], top_k: int):
+    from core.choice_points import step_heads
+
+    return step_heads(_model, prefix, top_k)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def path_trace(_model, source: str, prompt_ids: tuple[int, ...], tokens: tuple[int, ...]):
+    from core.choice_points import choice_trace
+
+    return choice_trace(_model, prompt_ids, tokens)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def pair_estimate(_model, source: str, prefix: tuple[int, ...], top_k: int):
+    from core.choice_points import pair_information
+
+    return pair_information(_model, prefix, top_k)
+
+
+# ---- labels -------------------------------------------------------------------------------------
+
+
+def visible(text: str) -> str:
+    """A token's text with whitespace made visible (for chart axes and select boxes)."""
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def token_name(model, token_id: int) -> str:
+    return visible(token_label(model, int(token_id)))
+
+
+def snippet(model, tokens: Sequence[int], limit: int = 40) -> str:
+    text = visible(sequence_label(model, tokens))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def unique_labels(labels: Sequence[str], ids: Sequence[int]) -> list[str]:
+    """Category labels for a chart axis: a label shared by several tokens gets its id appended."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return [f"{label} #{i}" if counts[label] > 1 else label for label, i in zip(labels, ids)]
+
+
+def heads_note(ctx: Context) -> str | None:
+    """Why only head 1 is shown, for single-head models (None for multi-head ones)."""
+    if ctx.n_heads > 1:
+        return None
+    kind = "an exact toy distribution" if ctx.is_toy else "a next-token model"
+    return (f"{ctx.source_label} is {kind} with one head: it only predicts the next token, so there are "
+            "no k-tokens-ahead views. Pick the shipped multi-head model (4 heads) to see heads 2–4.")
+
+
+def clicked_point(state) -> tuple[int, int] | None:
+    """(token id, position) of the first clicked bar in a plotly chart's selection state (Streamlit
+    1.6x: ``{"selection": {"points": [{"customdata": [id, position], ...}], ...}}``), else None."""
+    points = ((state or {}).get("selection") or {}).get("points") or []
+    data = points[0].get("customdata") if points else None
+    if not isinstance(data, (list, tuple)) or len(data) < 2:
+        return None
+    try:
+        return int(data[0]), int(data[1])
+    except (TypeError, ValueError):
+        return None
+
+
+# ---- charts -------------------------------------------------------------------------------------
+
+
+def head_figure(model, view, title: str, mark: int | None, position: int | None) -> go.Figure:
+    """Horizontal bars of one head's top-k (most probable on top). ``mark``: the token the current
+    path has at the predicted position (drawn in another colour). Each bar's customdata is
+    [token id, position] so a click can force that token there."""
+    ids = list(view.token_ids)
+    labels = unique_labels([token_name(model, i) for i in ids], ids)
+    colours = [PATH_COLOUR if i == mark else HEAD_COLOUR for i in ids]
+    fig = go.Figure(go.Bar(
+        x=list(view.probs), y=labels, orientation="h", marker_color=colours,
+        customdata=[[i, -1 if position is None else position] for i in ids],
+        hovertemplate="%{y}: p = %{x:.3f}<br>token id %{customdata[0]}<extra></extra>",
+    ))
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=90 + 22 * len(ids),
+                      margin=dict(l=10, r=10, t=40, b=30), xaxis=dict(title="probability", rangemode="tozero"),
+                      yaxis=dict(autorange="reversed", type="category"), clickmode="event+select")
+    return fig
+
+
+def trace_figure(x: Sequence[str], series: dict[str, np.ndarray], title: str, y_title: str,
+                 marks: Sequence[int] = ()) -> go.Figure:
+    """Per-position lines with markers; ``marks`` are highlighted positions."""
+    fig = go.Figure()
+    for name, values in series.items():
+        fig.add_trace(go.Scatter(x=list(range(len(values))), y=[None if np.isnan(v) else float(v) for v in values],
+                                 mode="lines+markers", name=name, customdata=list(x),
+                                 hovertemplate="step %{x} %{customdata}: %{y:.3f}<extra>" + name + "</extra>"))
+    for m in marks:
+        fig.add_vline(x=m, line=dict(color=PATH_COLOUR, width=1, dash="dot"))
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=300, margin=dict(l=10, r=10, t=40, b=30),
+                      xaxis=dict(title="step", dtick=max(1, len(x) // 16)), yaxis=dict(title=y_title),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def information_figure(terms: Sequence[tuple[str, float, str]], bars: Sequence[str]) -> go.Figure:
+    """Stacked horizontal bars: ``terms`` = (name, bits, bar it belongs to)."""
+    palette = ["#74c0fc", "#ffa94d", "#ffa94d", "#b2f2bb", "#4dabf7", "#ffd43b"]
+    fig = go.Figure()
+    for (name, value, bar), colour in zip(terms, palette):
+        fig.add_trace(go.Bar(x=[value], y=[bar], orientation="h", name=name, marker_color=colour,
+                             text=[f"{name} {value:.3f}"], textposition="inside", insidetextanchor="middle",
+                             hovertemplate=f"{name} = {value:.4f} bits<extra></extra>"))
+    fig.update_layout(barmode="stack", height=220, margin=dict(l=10, r=10, t=10, b=30), showlegend=False,
+                      xaxis=dict(title="bits"), yaxis=dict(categoryorder="array", categoryarray=list(bars)[::-1]))
+    return fig
+
+
+# ---- HTML ---------------------------------------------------------------------------------------
+
+
+def highlighted_html(model, tokens: Sequence[int], scores: Sequence[float], marked: Sequence[int],
+                     hover: Callable[[int], str], prefix: str = "") -> str:
+    """The path's tokens shaded by ``scores`` (relative to the largest) with ``marked`` positions
+    boxed; ``hover(i)`` is each token's tooltip."""
+    finite = [s for s in scores if np.isfinite(s)]
+    top = max(finite) if finite and max(finite) > 0 else 1.0
+    spans = [f'<span style="color:#868e96">{html.escape(visible(prefix))}</span>'] if prefix else []
+    marked = set(marked)
+    for i, tok in enumerate(tokens):
+        s = scores[i] if np.isfinite(scores[i]) else 0.0
+        alpha = 0.08 + 0.6 * max(0.0, min(1.0, s / top))
+        box = "outline:2px solid #e8590c;font-weight:bold;" if i in marked else ""
+        spans.append(f'<span title="{html.escape(hover(i))}" style="background:rgba(250,82,82,{alpha:.2f});{box}'
+                     f'border-radius:3px;padding:0 1px;margin:0 1px">{html.escape(visible(token_label(model, tok)))}'
+                     "</span>")
+    return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.9;font-size:0.95em">'
+            + "".join(spans) + "</div>")
+
+
+def draft_html(model, committed: Sequence[tuple[int, str]]) -> str:
+    """Tokens coloured by role: ``committed`` = (token id, "accepted" | "bonus" | "rejected")."""
+    style = {"accepted": f"background:{HIT_COLOUR}33", "bonus": "background:#4dabf733",
+             "rejected": f"background:{MISS_COLOUR}22;text-decoration:line-through;color:#868e96"}
+    spans = [f'<span style="{style[role]};border-radius:3px;padding:0 2px;margin:0 1px" title="{role}">'
+             f"{html.escape(visible(token_label(model, tok)))}</span>" for tok, role in committed]
+    return '<span style="font-family:monospace">' + "".join(spans) + "</span>"
