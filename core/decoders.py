@@ -168,17 +168,17 @@ def _top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Mask of the tokens top-p keeps, from the k best scores only (k doubles until every row's
     kept set ends inside them), avoiding a full sort of wide rows."""
     vocab = scores.shape[-1]
-    log_total = torch.logsumexp(scores, dim=-1, keepdim=True)
+    log_total = torch.logsumexp(scores.double(), dim=-1, keepdim=True)  # float64: the boundary is sharp
     k = min(vocab, 64)
     while True:
         vals = torch.topk(scores, k, dim=-1).values  # best first
-        probs = (vals - log_total).exp()
+        probs = (vals.double() - log_total).exp()
         above = probs.cumsum(dim=-1) - probs  # mass ranked strictly above each position
         n_keep = (above < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
         if k == vocab or bool((n_keep < k).all()):
             break
         k = min(vocab, 2 * k)
-    kth = vals.gather(-1, n_keep - 1)
+    kth = vals.gather(-1, n_keep - 1)  # the model's dtype, like scores
     keep = scores > kth
     tied = scores == kth  # fill the rest of the kept set with the lowest ids of the boundary value
     return keep | (tied & (tied.cumsum(dim=-1) <= n_keep - keep.sum(dim=-1, keepdim=True)))
