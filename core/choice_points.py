@@ -151,6 +151,17 @@ def head_table(model, prompt: Sequence[int], tokens: Sequence[int]) -> torch.Ten
     return out
 
 
+@dataclass(frozen=True)
+class HeadAgreement:
+    """How head k's predictions along a path compare with head 1's, averaged over ``positions``."""
+
+    head: int
+    positions: int
+    mean_tv: float
+    top1_agreement: float
+    mean_chosen_prob: float
+
+
 @dataclass(frozen=True, eq=False)
 class ChoiceTrace:
     """Per-position statistics of a path (length ``steps``), all from the model.
@@ -192,6 +203,16 @@ class ChoiceTrace:
         if name == "influence":
             return self.influence
         raise ValueError(f"metric must be one of {METRICS}, got {name!r}")
+
+    def head_summary(self) -> tuple[HeadAgreement, ...]:
+        """Per head k >= 2: averages over the positions where head k's prediction exists."""
+        out = []
+        for j in range(1, self.head_tv.shape[0]):
+            ok = ~np.isnan(self.head_tv[j])
+            means = [float(a[j][ok].mean()) if ok.any() else float("nan")
+                     for a in (self.head_tv, self.head_agree, self.head_chosen_prob)]
+            out.append(HeadAgreement(j + 1, int(ok.sum()), *means))
+        return tuple(out)
 
     def top_positions(self, name: str, count: int) -> tuple[int, ...]:
         """The ``count`` positions with the highest score (NaN never ranks; ties: earlier first)."""

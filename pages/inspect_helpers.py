@@ -150,15 +150,20 @@ def trace_figure(x: Sequence[str], series: dict[str, np.ndarray], title: str, y_
     return fig
 
 
+INFORMATION_COLOURS = {"H(X)": "#74c0fc", "H(Y)": "#ffa94d", "H(X|Y)": "#a5d8ff", "I(X;Y)": "#b197fc",
+                       "H(Y|X)": "#ffd8a8"}
+
+
 def information_figure(terms: Sequence[tuple[str, float, str]], bars: Sequence[str]) -> go.Figure:
-    """Stacked horizontal bars: ``terms`` = (name, bits, bar it belongs to)."""
-    palette = ["#74c0fc", "#ffa94d", "#ffa94d", "#b2f2bb", "#4dabf7", "#ffd43b"]
+    """Stacked horizontal bars, top to bottom in ``bars`` order; ``terms`` = (name, bits, bar), stacked
+    left to right in the given order."""
     fig = go.Figure()
-    for (name, value, bar), colour in zip(terms, palette):
-        fig.add_trace(go.Bar(x=[value], y=[bar], orientation="h", name=name, marker_color=colour,
+    for name, value, bar in terms:
+        fig.add_trace(go.Bar(x=[value], y=[bar], orientation="h", name=name,
+                             marker_color=INFORMATION_COLOURS.get(name, HEAD_COLOUR), marker_line=dict(width=1),
                              text=[f"{name} {value:.3f}"], textposition="inside", insidetextanchor="middle",
                              hovertemplate=f"{name} = {value:.4f} bits<extra></extra>"))
-    fig.update_layout(barmode="stack", height=220, margin=dict(l=10, r=10, t=10, b=30), showlegend=False,
+    fig.update_layout(barmode="stack", height=200, margin=dict(l=10, r=10, t=10, b=30), showlegend=False,
                       xaxis=dict(title="bits"), yaxis=dict(categoryorder="array", categoryarray=list(bars)[::-1]))
     return fig
 

@@ -164,6 +164,12 @@ def test_head_table_and_disagreement_match_direct_computation(tiny_engine):
         assert trace.entropy_bits[t] == pytest.approx(float(entropy_bits(head1)), rel=1e-5)
     assert np.allclose(trace.head_tv[0], 0.0)
     assert np.allclose(trace.influence[:-1], trace.head_tv[1, 1:]) and np.isnan(trace.influence[-1])
+    summary = trace.head_summary()
+    assert [h.head for h in summary] == [2, 3, 4]
+    for h in summary:
+        assert h.positions == 6  # the prompt is long enough for every head to see every token
+        assert h.mean_tv == pytest.approx(float(np.mean(trace.head_tv[h.head - 1])))
+        assert h.top1_agreement == pytest.approx(float(np.mean(trace.head_agree[h.head - 1])))
 
 
 def test_head_table_marks_heads_reaching_before_the_prompt(tiny_engine):
