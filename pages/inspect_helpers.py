@@ -6,7 +6,9 @@ small HTML views. No math here.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -190,10 +192,71 @@ def highlighted_html(model, tokens: Sequence[int], scores: Sequence[float], mark
             + "".join(spans) + "</div>")
 
 
-def draft_html(model, committed: Sequence[tuple[int, str]]) -> str:
-    """Tokens coloured by role: ``committed`` = (token id, "accepted" | "bonus" | "rejected")."""
-    style = {"accepted": f"background:{HIT_COLOUR}33", "bonus": "background:#4dabf733",
-             "rejected": f"background:{MISS_COLOUR}22;text-decoration:line-through;color:#868e96"}
-    spans = [f'<span style="{style[role]};border-radius:3px;padding:0 2px;margin:0 1px" title="{role}">'
-             f"{html.escape(visible(token_label(model, tok)))}</span>" for tok, role in committed]
-    return '<span style="font-family:monospace">' + "".join(spans) + "</span>"
+ROLE_STYLES = {
+    "accepted": f"background:{HIT_COLOUR}33",
+    "bonus": "background:#4dabf733",
+    "rejected": f"background:{MISS_COLOUR}22;text-decoration:line-through;color:#868e96",
+}
+
+
+def passes_html(model, passes: Sequence[Sequence[tuple[int, str]]], titles: Sequence[str]) -> str:
+    """Tokens grouped by forward pass (a thin box per pass), coloured by role: each pass is a list of
+    (token id, "accepted" | "bonus" | "rejected")."""
+    groups = []
+    for tokens, title in zip(passes, titles):
+        spans = "".join(f'<span style="{ROLE_STYLES[role]};border-radius:2px">'
+                        f"{html.escape(visible(token_label(model, tok)))}</span>" for tok, role in tokens)
+        groups.append(f'<span title="{html.escape(title)}" style="border:1px solid #ced4da;border-radius:4px;'
+                      f'padding:1px 2px;margin:1px;display:inline-block">{spans}</span>')
+    return ('<div style="font-family:monospace;line-height:2.0;font-size:0.95em">' + "".join(groups) + "</div>")
+
+
+def roles_legend_html() -> str:
+    items = [f'<span style="{ROLE_STYLES[r]};padding:0 4px;border-radius:3px">{label}</span>'
+             for r, label in (("accepted", "draft accepted"), ("bonus", "head 1's own token (bonus)"),
+                              ("rejected", "draft rejected"))]
+    return '<div style="font-size:0.8em">' + " ".join(items) + " · one box per forward pass</div>"
+
+
+# ---- speculative decoding vs greedy -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """Self-speculative decoding and plain greedy decoding, timed on the same prompt in one request.
+
+    Attributes:
+        result: the speculative run (``core.speculative.SpeculativeResult``).
+        greedy_tokens: ``Greedy().decode`` of the same prompt and steps.
+        greedy_seconds, speculative_seconds: the fastest of ``repeats`` wall-clock runs each
+            (alternating greedy, speculative, so both see the same machine load).
+    """
+
+    result: object
+    greedy_tokens: tuple[int, ...]
+    greedy_seconds: float
+    speculative_seconds: float
+    repeats: int
+
+    @property
+    def same_output(self) -> bool:
+        return tuple(self.result.tokens) == tuple(self.greedy_tokens)
+
+    @property
+    def speedup(self) -> float:
+        return self.greedy_seconds / self.speculative_seconds
+
+
+def compare_speed(model, prompt_ids: Sequence[int], steps: int, heads: int, repeats: int) -> SpeedComparison:
+    from core.decoders import Greedy
+    from core.speculative import self_speculative
+
+    greedy_times, spec_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        greedy = Greedy().decode(model, list(prompt_ids), steps)
+        greedy_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = self_speculative(model, list(prompt_ids), steps, heads=heads)
+        spec_times.append(time.perf_counter() - start)
+    return SpeedComparison(result, tuple(greedy.tokens), min(greedy_times), min(spec_times), repeats)

@@ -1,0 +1,58 @@
+"""Speculative page (AppTest): the statistics shown equal core's, output check, single-head models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.engine import load_default
+
+self_speculative = pytest.importorskip("core.speculative").self_speculative
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "speculative.py")
+
+
+def _page(**state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    for k, v in state.items():
+        at.session_state[k] = v
+    return at.run()
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_speculative_page_matches_core_and_greedy():
+    at = _page(steps=16)
+    assert not at.exception and not at.error
+    engine = load_default()
+    prompt = engine.encode(at.session_state["prompt"])
+    want = self_speculative(engine, prompt, 16)
+    shown = _metrics(at)
+    assert shown["Tokens per forward"] == f"{want.tokens_per_forward:.2f}"
+    assert shown["Model passes"] == f"{want.forwards} vs 16"
+    assert shown["Output equals greedy"] == "✅ identical"
+    assert float(shown["Wall-clock speed-up"].rstrip("×")) > 0
+    assert "same prompt, same request" in at.caption[0].value
+    table = at.dataframe[0].value
+    assert list(table["head"]) == ["head 2", "head 3", "head 4"]
+    assert list(table["drafts verified"]) == list(want.drafts_offered)
+    assert at.markdown[0].value.count('title="pass ') == want.forwards  # one box per forward pass
+
+    rerun = _metrics(at.run())  # a rerun reuses the measurement instead of timing again
+    assert rerun == shown
+
+    at.slider(key="spec_heads").set_value(2).run()
+    assert not at.exception
+    two = self_speculative(engine, prompt, 16, heads=2)
+    assert _metrics(at)["Tokens per forward"] == f"{two.tokens_per_forward:.2f}"
+    assert list(at.dataframe[0].value["head"]) == ["head 2"]
+
+
+def test_single_head_model_is_explained():
+    at = _page(source="toy:E1", steps=2)
+    assert not at.exception and not at.error
+    assert "single head" in at.info[0].value and not at.metric
