@@ -27,6 +27,7 @@ import copy
 import importlib.util
 import inspect
 import json
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -361,11 +362,7 @@ def _safetensors_parameter_count(directory: Path) -> int:
     for file in sorted(directory.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    numel = 1
-                    for d in f.get_slice(key).get_shape():
-                        numel *= d
-                    total += numel
+                total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
         except Exception as err:  # SafetensorError is not importable under one stable name
             raise ValueError(f"weights file {file} is damaged or not safetensors ({err})") from err
     return total
@@ -434,11 +431,13 @@ def _check_architecture(path: Path) -> None:
         config = json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path / 'config.json'} is not valid JSON ({err})") from err
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / 'config.json'} must hold a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return
     allowed = ", ".join(sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))
-    if isinstance(config, dict) and "auto_map" in config:
+    if "auto_map" in config:
         raise ValueError(
             f"model in {path} needs its own Python code (config.json has auto_map, model_type {model_type!r}); "
             f"trust_remote_code is never used here, so only built-in causal-LM model types load: {allowed}"

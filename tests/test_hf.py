@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -313,6 +314,7 @@ BAD_DIRECTORIES = {
     "corrupt safetensors": (_truncate_weights, "model.safetensors is damaged or not safetensors"),
     "foreign weights": (_foreign_weights, "do not match its config.json"),
     "bad json": (_write("config.json", "{not json"), "config.json is not valid JSON"),
+    "json list": (_write("config.json", "[1, 2]"), "config.json must hold a JSON object, got list"),
     "unknown architecture": (_write("config.json", json.dumps({"model_type": "foo"})),
                              r"model_type 'foo' .* is not a causal LM .*allowed model types: .*gpt2"),
     "remote code": (_write("config.json", json.dumps({"model_type": "foo", "auto_map": {"AutoConfig": "x.C"}})),
@@ -361,7 +363,7 @@ def test_gguf_cache_location_and_space_check(monkeypatch, tmp_path):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     target = cached_dir(gguf)
     assert target.parent == tmp_path / "cache" and target.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 1))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1, used=0, free=1))
     with pytest.raises(OSError, match=f"free under .*; set {CACHE_ENV} to another directory"):
         dequantized_dir(gguf)
     assert not target.exists()
@@ -388,9 +390,7 @@ def test_smollm2_is_a_real_model_from_the_cache(smollm2):
 def test_smollm2_greedy_matches_generate(smollm2):
     for text in SMOL_PROMPTS:
         prompt = smollm2.encode(text)
-        expected = generate_tokens(smollm2, prompt, 8)
-        assert greedy_by_session(smollm2, prompt, 8) == expected, text
-        assert greedy_by_logprobs(smollm2, prompt, 8) == expected, text
+        assert greedy_by_logprobs(smollm2, prompt, 8) == generate_tokens(smollm2, prompt, 8), text
 
 
 def test_smollm2_decoders_match_generate(smollm2):
