@@ -189,29 +189,34 @@ DRAW_BLOCK = 128  # tokens per block in ``draw``
 
 def draw(logprobs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row of normalised log-probs [n, V], by inverting the CDF with one float64
-    uniform per row: first over blocks of ``DRAW_BLOCK`` tokens (block masses as float64),
-    then inside the chosen block. Two passes over [n, V] instead of ``torch.multinomial``'s
-    many; a token of probability zero is never drawn."""
+    uniform per row: over blocks of ``DRAW_BLOCK`` tokens first (block masses as float64), then
+    inside the chosen block with the uniform's position within it. Two passes over [n, V] instead
+    of ``torch.multinomial``'s many; a token of probability zero is never drawn."""
     n, vocab = logprobs.shape
     p = logprobs.exp()
+    u = torch.rand(n, 1, generator=generator, dtype=torch.float64)
+    if vocab <= DRAW_BLOCK:
+        return _invert_cdf(p.double(), u)[0].squeeze(1)
     if vocab % DRAW_BLOCK:
         p = torch.nn.functional.pad(p, (0, -vocab % DRAW_BLOCK))
     blocks = p.view(n, -1, DRAW_BLOCK)
-    mass = blocks.sum(dim=-1).double()  # [n, n_blocks]; float32 sums of 128 terms are exact enough
-    cdf = mass.cumsum(dim=-1)
-    u = torch.rand(n, 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
-    b = _clamp_to_positive(torch.searchsorted(cdf, u, right=True), mass > 0)
-    before = (cdf - mass).gather(1, b)
-    inner = blocks[torch.arange(n), b.squeeze(1)].double()  # [n, DRAW_BLOCK]
-    j = _clamp_to_positive(torch.searchsorted(inner.cumsum(dim=-1), u - before, right=True), inner > 0)
-    return (b * DRAW_BLOCK + j).squeeze(1)
+    b, inside = _invert_cdf(blocks.sum(dim=-1).double(), u)  # float32 sums of 128 terms: exact enough
+    chosen = blocks.gather(1, b[:, :, None].expand(-1, 1, DRAW_BLOCK)).squeeze(1).double()
+    return (b * DRAW_BLOCK + _invert_cdf(chosen, inside)[0]).squeeze(1)
 
 
-def _clamp_to_positive(idx: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Clamp idx [n, 1] into the span of each row's positive entries (guards rounding at the ends)."""
+def _invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows of weights [n, m] >= 0 and uniforms u [n, 1] in [0, 1): the bucket idx [n, 1] where
+    u falls (never one of weight 0) and u's relative position inside it, again uniform."""
+    cdf = weights.cumsum(dim=-1)
+    x = u * cdf[:, -1:]
+    positive = weights > 0
     first = positive.int().argmax(dim=-1, keepdim=True)
     last = positive.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1, keepdim=True)
-    return torch.minimum(torch.maximum(idx, first), last)
+    idx = torch.minimum(torch.maximum(torch.searchsorted(cdf, x, right=True), first), last)  # rounding at ends
+    w = weights.gather(1, idx)
+    inside = ((x - (cdf.gather(1, idx) - w)) / w).clamp(0.0, 1.0 - 2.0**-53)
+    return idx, inside
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,0 +1,408 @@
+"""Risk (expected loss) of a decoder for a goal, exactly on toys and by Monte Carlo on any model,
+and Bayes outputs (the risk-minimising output for a goal).
+
+Exact (toys): ``exact_risk`` averages over the truth P *and* the decoder's own randomness (a
+sampler's output distribution r is enumerated); ``bayes_output`` is the mode (best-first search),
+the per-position marginal mode, or the N-gram optimum by dynamic programming over window marginals.
+
+Monte Carlo (the model is the truth): ``estimate_risk`` returns an ``Estimate`` with a 95% normal
+confidence interval, using the cheapest unbiased estimator available:
+
+* 0-1 risk of a fixed output ŷ is exact: 1 − P(ŷ).
+* N-gram / Hamming risk is Rao-Blackwellised: Σ_t (1 − E_{Y<t ~ P} P(Y_{t:t+N-1} = ŷ_{t:t+N-1} | Y<t)),
+  the window probability computed by forking every sampled prefix Y<t and teacher-forcing ŷ's
+  window (for a random decoder, each truth row is paired with an independent decoder draw ŷ_i;
+  its 0-1 risk is then E_r[1 − P(Ŷ)], needing no truth samples at all).
+* KL(P‖r) of a sampler: E_P[log P(Y) − log r(Y)] with r(Y) by teacher forcing through the same
+  warpers; ∞ (exactly) as soon as top-k/top-p cut a token of positive probability at a prefix
+  the truth reaches. TV: E_P[(1 − r(Y)/P(Y))_+]. The truth's mass that truncation cut off is
+  reported (``truncated_mass``).
+
+Fixed seed, identical numbers. Truth rows are drawn with ``seed`` exactly as
+``sample_many(model, prompt, steps, n_samples, seed)`` draws them, so several decoders can share
+one batch via ``truth_samples=``; a random decoder's own draws use a seed derived from ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.decoders import (
+    Beam,
+    Fixed,
+    Path,
+    Samples,
+    Sampling,
+    best_first_search,
+    check_call,
+    sample_many,
+    sum_in_order,
+    top_indices,
+    walk,
+)
+from core.goals import DistributionMatch
+from core.toy import output_distribution
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BEAM_FALLBACK = 8  # beam width tried when the mode search runs out of budget
+MAX_WINDOW_CELLS = 1 << 22  # samples x candidate windows held for the sampled N-gram marginals
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A risk estimate: mean ± 95% CI from n independent rows, or an exact value (stderr 0)."""
+
+    mean: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+    exact: bool = False
+    note: str = ""
+
+    @classmethod
+    def exact_value(cls, value: float, note: str = "") -> Estimate:
+        return cls(float(value), 0.0, float(value), float(value), 0, True, note)
+
+    @classmethod
+    def from_values(cls, values, note: str = "") -> Estimate:
+        """Mean and normal 95% CI of i.i.d. per-row values."""
+        v = np.asarray(torch.as_tensor(values, dtype=torch.float64))
+        mean = float(v.mean())
+        stderr = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.inf
+        return cls(mean, stderr, mean - Z95 * stderr, mean + Z95 * stderr, len(v), False, note)
+
+
+@dataclass(frozen=True)
+class BayesResult:
+    """An (approximate) Bayes output: ``exact`` says whether it is certainly optimal for the goal
+    under the model, ``method`` how it was found."""
+
+    tokens: tuple[int, ...]
+    exact: bool
+    method: str
+
+
+# ---- exact, on toys -------------------------------------------------------------------------------
+
+
+def _check_toy(truth, steps: int) -> None:
+    if not hasattr(truth, "joint"):
+        raise ValueError("exact risk needs an enumerable toy (TableDistribution or MarkovChain); "
+                         "use estimate_risk for other models")
+    if not isinstance(steps, int | np.integer) or not 1 <= steps <= truth.length:
+        raise ValueError(f"steps must be an integer in 1..{truth.length} for this toy, got {steps!r}")
+
+
+def _prefix_distribution(truth, steps: int) -> dict[tuple[int, ...], float]:
+    """P over the first ``steps`` tokens, as {sequence: probability}."""
+    seqs, probs = truth.joint()
+    out: dict[tuple[int, ...], float] = {}
+    for s, p in zip(seqs[:, :steps].tolist(), probs.tolist()):
+        out[tuple(s)] = out.get(tuple(s), 0.0) + p
+    return out
+
+
+def _sequence_probs(model, outputs: np.ndarray) -> np.ndarray:
+    """P(output) for every row of outputs [M, steps], by teacher forcing (one logprobs call)."""
+    m, steps = outputs.shape
+    rows = outputs.tolist()
+    lp = model.logprobs([r[:t] for r in rows for t in range(steps)]).double().reshape(m, steps, -1)
+    step = lp.gather(2, torch.as_tensor(outputs)[:, :, None]).squeeze(2)
+    return sum_in_order(step).exp().numpy()
+
+
+def _fixed_output_risks(goal, truth, steps: int, outputs: np.ndarray) -> np.ndarray:
+    """Exact risk of each fixed output (rows of [M, steps]): Σ_t (1 − P(window t of the output))."""
+    n = goal.window(steps)
+    if n == steps:
+        return 1.0 - _sequence_probs(truth, outputs)
+    n_windows = steps - n + 1
+    marg = truth.window_marginals(n)[:n_windows]
+    hit = sum(marg[t][tuple(outputs[:, t + k] for k in range(n))] for t in range(n_windows))
+    return n_windows - hit
+
+
+def exact_risk(goal, truth, decoder, steps: int) -> float:
+    """Expected loss of ``decoder``'s output of ``steps`` tokens under the toy ``truth``, exact over
+    both the truth and the decoder's randomness. DistributionMatch: KL(P‖r) (∞ where r misses
+    P's support) or TV(P, r), with P the toy's distribution of its first ``steps`` tokens."""
+    _check_toy(truth, steps)
+    r = output_distribution(decoder, truth, steps)
+    if isinstance(goal, DistributionMatch):
+        return goal.between(_prefix_distribution(truth, steps), r)
+    outputs = np.array(list(r), dtype=np.int64).reshape(len(r), steps)
+    weights = np.array(list(r.values()))
+    return math.fsum(weights * _fixed_output_risks(goal, truth, steps, outputs))
+
+
+def max_window_sum(scores: np.ndarray, k: int, n: int) -> np.ndarray:
+    """argmax over sequences y of Σ_t scores[b, t, window t of y], for each b; ties go to the
+    lexicographically smallest y.
+
+    Args:
+        scores: [B, W, k**n]; the last axis is a window of n tokens in 0..k-1 in row-major order.
+    Returns:
+        [B, W + n - 1] int64 token indices.
+
+    Dynamic programming over the last n-1 tokens: backward best-to-go values, then a forward pass
+    that takes the lowest window / token reaching the optimum. n=1 is a per-position argmax; with
+    n=2 and log-probabilities as scores it is Viterbi.
+    """
+    b, w, s = scores.shape
+    if s != k**n:
+        raise ValueError(f"scores' last axis must have k**n = {k**n} entries, got {s}")
+    m = k ** (n - 1)
+    state = np.arange(s) % m  # window -> its last n-1 tokens (= the next window's first n-1)
+    togo = np.empty_like(scores)
+    togo[:, -1] = scores[:, -1]
+    for t in range(w - 2, -1, -1):
+        togo[:, t] = scores[:, t] + togo[:, t + 1].reshape(b, m, k).max(axis=2)[:, state]
+    out = np.empty((b, w + n - 1), dtype=np.int64)
+    win = togo[:, 0].argmax(axis=1)  # first maximum: the lexicographically smallest window
+    out[:, :n] = np.stack(np.unravel_index(win, (k,) * n), axis=1) if n > 1 else win[:, None]
+    rows = np.arange(b)
+    for t in range(1, w):
+        last = win % m
+        nxt = togo[:, t].reshape(b, m, k)[rows, last].argmax(axis=1)
+        win = last * k + nxt
+        out[:, t + n - 1] = nxt
+    return out
+
+
+def bayes_output(goal, truth, steps: int) -> tuple[int, ...]:
+    """The output of ``steps`` tokens minimising the goal's risk under the toy ``truth`` (exact; ties
+    to the lexicographically smallest): the mode for 0-1 (best-first search), the per-position
+    marginal mode for Hamming, the DP optimum over window marginals for N-gram Hamming."""
+    _check_toy(truth, steps)
+    if isinstance(goal, DistributionMatch):
+        raise ValueError("no single output is Bayes-optimal for distribution matching: the Bayes decoder is "
+                         "P itself (Sampling() at temperature 1)")
+    n = goal.window(steps)
+    if n == steps:
+        return best_first_search(truth, [], steps).tokens
+    marg = truth.window_marginals(n)[: steps - n + 1]
+    return tuple(max_window_sum(marg.reshape(1, steps - n + 1, -1), truth.vocab_size, n)[0].tolist())
+
+
+def risk_table(goals: Sequence, truth, decoders: Sequence, steps: int) -> list[dict]:
+    """Plain rows for the theory lab: one per decoder, then one per pointwise goal's Bayes output.
+    Each row: {"decoder": label, "output": tokens or None (random), <goal.name>: exact risk, ...}."""
+    bayes = [Fixed(bayes_output(g, truth, steps)) for g in goals if not isinstance(g, DistributionMatch)]
+    labels = [d.label for d in decoders] + [f"Bayes output ({g.name})" for g in goals
+                                            if not isinstance(g, DistributionMatch)]
+    rows = []
+    for label, dec in zip(labels, list(decoders) + bayes):
+        row = {"decoder": label, "output": None if dec.is_random else dec.decode(truth, [], steps).tokens}
+        row.update({g.name: exact_risk(g, truth, dec, steps) for g in goals})
+        rows.append(row)
+    return rows
+
+
+# ---- Monte Carlo, on any model ------------------------------------------------------------------
+
+
+def _derived_seed(seed: int) -> int:
+    """An independent seed for the decoder's own draws."""
+    return int(np.random.SeedSequence([seed % 2**63, 1]).generate_state(1)[0])
+
+
+def _check_mc(n_samples, seed, truth_samples: Samples | None, steps: int) -> None:
+    if not isinstance(n_samples, int | np.integer) or n_samples < 2:
+        raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    if not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if truth_samples is not None and tuple(truth_samples.tokens.shape) != (n_samples, steps):
+        raise ValueError(f"truth_samples must hold [n_samples, steps] = [{n_samples}, {steps}] tokens, "
+                         f"got {list(truth_samples.tokens.shape)}")
+
+
+def _window_hits(model, prompt, steps: int, n: int, targets: torch.Tensor, target_lps: torch.Tensor,
+                 n_samples: int, seed: int, truth_samples: Samples | None) -> torch.Tensor:
+    """[n_samples, W]: P(Y_{t:t+n-1} = target window t | Y_<t) for truth rows Y (t = 0 needs no Y).
+
+    targets / target_lps: [1 or n_samples, steps] target tokens and their model log-probs."""
+    n_windows = steps - n + 1
+    hits = torch.empty(n_samples, n_windows, dtype=torch.float64)
+    hits[:, 0] = sum_in_order(target_lps[:, :n]).exp()
+    targets = targets.expand(n_samples, -1)
+    forced = None if truth_samples is None else truth_samples.tokens
+    for step in walk(model, prompt, steps, n_samples, seed=seed, tokens=forced):
+        if step.t >= n_windows:
+            break
+        if step.t == 0:
+            continue
+        t = step.t
+        acc = step.logprobs.gather(1, targets[:, t : t + 1]).squeeze(1).double()
+        if n > 1:
+            fork = step.session.select(range(n_samples))
+            for k in range(1, n):
+                fork.advance(targets[:, t + k - 1].tolist())
+                acc = acc + fork.last.double().gather(1, targets[:, t + k : t + k + 1]).squeeze(1)
+        hits[:, t] = acc.exp()
+    return hits
+
+
+@dataclass(frozen=True)
+class _SamplerStats:
+    """Per truth row: log P(Y), log r(Y), the P-mass cut by truncation along Y; and whether any
+    visited prefix had a cut token of positive probability."""
+
+    logp: torch.Tensor
+    logr: torch.Tensor
+    cut: torch.Tensor
+    any_cut: bool
+
+
+def _sampler_stats(model, sampler: Sampling, prompt, steps: int, n_samples: int, seed: int,
+                   truth_samples: Samples | None) -> _SamplerStats:
+    logp = torch.zeros(n_samples, dtype=torch.float64)
+    logr = torch.zeros_like(logp)
+    cut = torch.zeros_like(logp)
+    alive = torch.ones(n_samples, dtype=torch.bool)
+    any_cut = False
+    forced = None if truth_samples is None else truth_samples.tokens
+    for step in walk(model, prompt, steps, n_samples, seed=seed, tokens=forced):
+        warped = sampler.warp(step.logprobs)
+        idx = step.tokens[:, None]
+        logp += step.logprobs.gather(1, idx).squeeze(1).double()
+        wr = warped.gather(1, idx).squeeze(1).double()
+        logr += wr
+        cut_here = step.logprobs.exp().masked_fill(warped > -math.inf, 0.0).sum(1, dtype=torch.float64)
+        any_cut = any_cut or bool((cut_here > 0).any())
+        cut += alive * cut_here
+        alive &= wr > -math.inf
+    return _SamplerStats(logp, logr, cut, any_cut)
+
+
+def truncated_mass(model, sampler: Sampling, prompt: Sequence[int], steps: int, n_samples: int, seed: int, *,
+                   truth_samples: Samples | None = None) -> Estimate:
+    """The truth's probability mass outside the sampler's support (what top-k/top-p cut off):
+    P(Y ∉ supp r) = E_P Σ_t 1[Y_<t kept] · P(cut tokens | Y_<t), Rao-Blackwellised over the cut
+    tokens at every visited prefix."""
+    prompt = check_call(model, prompt, steps)
+    _check_mc(n_samples, seed, truth_samples, steps)
+    stats = _sampler_stats(model, sampler, prompt, steps, n_samples, seed, truth_samples)
+    return Estimate.from_values(stats.cut, note="P-mass outside the sampler's support")
+
+
+def _divergence_of_sampler(goal: DistributionMatch, stats: _SamplerStats) -> Estimate:
+    cut = Estimate.from_values(stats.cut)
+    cut_note = f"top-k/top-p cut off {cut.mean:.4g} ± {Z95 * cut.stderr:.2g} of the truth's mass"
+    if goal.divergence == "kl":
+        if stats.any_cut:
+            return Estimate.exact_value(math.inf, f"{cut_note}, so r misses part of P's support: KL(P‖r) = ∞")
+        return Estimate.from_values(stats.logp - stats.logr, "E_P[log P(Y) − log r(Y)], r by teacher forcing")
+    values = (1.0 - (stats.logr - stats.logp).exp()).clamp(min=0.0)
+    note = "E_P[(1 − r(Y)/P(Y))+], r by teacher forcing" + (f"; {cut_note}" if stats.any_cut else "")
+    return Estimate.from_values(values, note)
+
+
+def _divergence_of_output(goal: DistributionMatch, path: Path) -> Estimate:
+    p = math.exp(path.logprob)
+    if goal.divergence == "tv":
+        return Estimate.exact_value(1.0 - p, "1 − P(ŷ) for a deterministic output ŷ")
+    if p >= 1.0:
+        return Estimate.exact_value(0.0, "P is a point mass on the output")
+    return Estimate.exact_value(math.inf, "a deterministic decoder's r is a point mass: it misses the rest of P")
+
+
+def estimate_risk(goal, model, decoder, prompt: Sequence[int], steps: int, n_samples: int, seed: int, *,
+                  truth_samples: Samples | None = None, output: Path | None = None) -> Estimate:
+    """Monte Carlo risk of ``decoder`` for ``goal`` with ``model`` as the truth (see the module doc).
+
+    Args:
+        truth_samples: optional ``sample_many(model, prompt, steps, n_samples, s)`` rows to use as the
+            truth draws (share one batch across decoders); by default drawn with ``seed`` exactly so.
+        output: optional already-decoded Path of a deterministic decoder (saves decoding again).
+    """
+    prompt = check_call(model, prompt, steps)
+    _check_mc(n_samples, seed, truth_samples, steps)
+    if output is None and not decoder.is_random:
+        output = decoder.decode(model, prompt, steps)
+    if isinstance(goal, DistributionMatch):
+        if not decoder.is_random:
+            return _divergence_of_output(goal, output)
+        return _divergence_of_sampler(goal, _sampler_stats(model, decoder, prompt, steps, n_samples, seed,
+                                                           truth_samples))
+    n = goal.window(steps)
+    n_windows = steps - n + 1
+    if decoder.is_random:
+        drawn = sample_many(model, prompt, steps, n_samples, _derived_seed(seed), decoder)
+        targets, target_lps = drawn.tokens, drawn.step_logprobs
+    else:
+        if n_windows == 1:
+            return Estimate.exact_value(1.0 - math.exp(output.logprob), "1 − P(ŷ), exact")
+        targets = torch.tensor([output.tokens], dtype=torch.long)
+        target_lps = torch.tensor([output.step_logprobs], dtype=torch.float64)
+    hits = _window_hits(model, prompt, steps, n, targets, target_lps, n_samples, seed, truth_samples)
+    return Estimate.from_values(n_windows - hits.sum(1), "Rao-Blackwellised over each window's probability")
+
+
+# ---- approximate Bayes outputs, on any model ------------------------------------------------------
+
+
+def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int, seed: int):
+    """Estimated window marginals over per-position candidate tokens.
+
+    Candidates at position s: the m tokens of highest Rao-Blackwellised marginal
+    mean_i p(. | Y_i,<s). Window t's estimate: mean_i 1[Y_i,t:t+n-2 = w_0..w_{n-2}] ·
+    p(w_{n-1} | Y_i,<t+n-1), unbiased for P(window t = w). Returns ([W, m**n], candidates [steps, m])."""
+    vocab = model.vocab_size
+    m = int(max(2, min(vocab, 16, math.floor((MAX_WINDOW_CELLS / n_samples) ** (1 / n)))))
+    cands, probs, toks = [], [], []
+    for step in walk(model, prompt, steps, n_samples, seed=seed):
+        p = step.logprobs.exp()
+        c = top_indices(p.mean(0, dtype=torch.float64), m)
+        cands.append(c)
+        probs.append(p[:, c].double())
+        toks.append(step.tokens)
+    match = [(tok[:, None] == c[None, :]).double() for tok, c in zip(toks, cands)]
+    est = []
+    for t in range(steps - n + 1):
+        acc = torch.ones(n_samples, 1, dtype=torch.float64)
+        for k in range(n):
+            factor = probs[t + k] if k == n - 1 else match[t + k]
+            acc = (acc[:, :, None] * factor[:, None, :]).reshape(n_samples, -1)
+        est.append(acc.mean(0))
+    return torch.stack(est).numpy(), torch.stack(cands).numpy(), m
+
+
+def approx_bayes_output(goal, model, prompt: Sequence[int], steps: int, n_samples: int, seed: int,
+                        node_budget: int = 4096) -> BayesResult:
+    """A Bayes output under a model too large to enumerate, saying whether it is exact.
+
+    0-1: the mode by best-first search within ``node_budget`` expansions (exact when it finishes),
+    else the better of the search's candidate and beam search (width ``BEAM_FALLBACK``).
+    Hamming / N-gram: DP over window marginals estimated from ``n_samples`` Rao-Blackwellised
+    truth samples (``_sampled_window_marginals``); approximate. DistributionMatch: the Bayes decoder
+    is P itself, so the result is one draw at temperature 1.
+    """
+    prompt = check_call(model, prompt, steps)
+    _check_mc(n_samples, seed, None, steps)
+    if isinstance(goal, DistributionMatch):
+        path = Sampling().decode(model, prompt, steps, seed)
+        return BayesResult(path.tokens, True, "one draw from P at temperature 1: for distribution matching the "
+                                              "Bayes decoder is sampling from P itself")
+    n = goal.window(steps)
+    if n == steps:
+        res = best_first_search(model, prompt, steps, node_budget)
+        if res.exact:
+            return BayesResult(res.tokens, True, f"mode by best-first search ({res.expansions} nodes expanded)")
+        beam = Beam(BEAM_FALLBACK).decode(model, prompt, steps)
+        tokens = beam.tokens if beam.logprob > res.logprob else res.tokens
+        return BayesResult(tokens, False, f"best-first search hit its budget of {node_budget} nodes "
+                                          f"(log P(mode) ≤ {res.bound:.3f}); best of its candidate and beam "
+                                          f"search (width {BEAM_FALLBACK})")
+    est, cands, m = _sampled_window_marginals(model, prompt, steps, n, n_samples, seed)
+    idx = max_window_sum(est[None], m, n)[0]
+    tokens = tuple(int(cands[s, j]) for s, j in enumerate(idx))
+    what = "per-position marginal mode" if n == 1 else f"{n}-gram DP optimum"
+    return BayesResult(tokens, False, f"{what} over window marginals estimated from {n_samples} "
+                                      f"Rao-Blackwellised samples (top {m} candidates per position)")
+
