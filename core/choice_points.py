@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.decoders import Path
+
 LOG2E = 1.0 / math.log(2.0)
 MAX_TOP_K = 256  # most continuations pair_information feeds in one batch
 JOINT_TOLERANCE = 1e-9
@@ -117,13 +119,40 @@ def step_heads(model, prefix: Sequence[int], top_k: int = 10) -> tuple[HeadView,
 # ---- along a path ------------------------------------------------------------------------------
 
 
+def next_token_table(model, prompt: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+    """[steps, V] float64 head-1 log-probs before each path token (row t: after ``prompt + tokens[:t]``).
+
+    Models with sessions (``start`` + ``feed``) use one forward pass over the path; others one
+    batched ``logprobs`` call.
+    """
+    prompt = _check_prefix_tokens(model, "prompt", prompt)
+    tokens = _check_prefix_tokens(model, "tokens", tokens)
+    if not tokens:
+        return torch.empty(0, model.vocab_size, dtype=torch.float64)
+    if hasattr(model, "start"):
+        session = model.start(prompt, steps=len(tokens) - 1)
+        rows = [session.last[0].double()[None]]
+        if len(tokens) > 1:
+            rows.append(session.feed(tokens[:-1])[0].double())
+        return torch.cat(rows)
+    return model.logprobs([prompt + tokens[:t] for t in range(len(tokens))]).double()
+
+
+def score_path(model, prompt: Sequence[int], tokens: Sequence[int]) -> Path:
+    """``tokens`` as a decoder ``Path``: head 1's log p of each token given everything before it
+    (like ``decoders.Fixed``, but one forward pass for models with sessions)."""
+    table = next_token_table(model, prompt, tokens)
+    steps = tuple(float(table[t, int(tok)]) for t, tok in enumerate(tokens))
+    return Path(tuple(int(t) for t in tokens), math.fsum(steps), steps)
+
+
 def head_table(model, prompt: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
     """[n_heads, steps, V] float64: row k−1, column t = head k's log-probs for path token t, i.e. after
     the prefix ``prompt + tokens[:t-k+1]``; NaN where that prefix would start before the prompt's
     beginning (t − k + 1 < −len(prompt)).
 
-    Engine-like models (``start`` with ``feed``/``heads``) use one forward pass over the path and one
-    head query per position; 1-head models one batched ``logprobs`` call.
+    Head 1 comes from ``next_token_table``; the other heads of engine-like models (``start`` with
+    ``heads``) from one head query per position after one forward pass over the path.
     """
     prompt = _check_prefix_tokens(model, "prompt", prompt)
     tokens = _check_prefix_tokens(model, "tokens", tokens)
@@ -133,18 +162,18 @@ def head_table(model, prompt: Sequence[int], tokens: Sequence[int]) -> torch.Ten
     out = torch.full((n, steps, V), float("nan"), dtype=torch.float64)
     if steps == 0:
         return out
+    out[0] = next_token_table(model, prompt, tokens)
     if n == 1:
-        out[0] = model.logprobs([full[: L + t] for t in range(steps)]).double()
         return out
-    # head k predicts token L+t from the prefix full[:L+t-k+1]; gather per prefix end e = L+t-k+1
-    ends = range(max(0, L - n + 1), L + steps)
+    # head k >= 2 predicts token L+t from the prefix full[:e], e = L+t-k+1
+    ends = range(max(0, L - n + 1), L + steps - 1)
     if hasattr(model, "start"):
-        session = model.start(full[: L + steps - 1])
+        session = model.start(full[: L + steps - 2] if L + steps >= 2 else [])
         per_end = {e: session.heads(e - 1)[0].double() for e in ends}
     else:
         per_end = {e: model.head_logprobs(full[:e]).double() for e in ends}
     for t in range(steps):
-        for j in range(n):
+        for j in range(1, n):
             e = L + t - j
             if e >= 0:
                 out[j, t] = per_end[e][j]

@@ -42,9 +42,9 @@ def sampled_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int, s
 @st.cache_data(max_entries=256, show_spinner=False)
 def scored_path(_model, source: str, prompt_ids: tuple[int, ...], tokens: tuple[int, ...]):
     """The Path of a given output (its per-step log-probabilities under the model)."""
-    from core.decoders import Fixed
+    from core.choice_points import score_path
 
-    return Fixed(tokens).decode(_model, list(prompt_ids), len(tokens))
+    return score_path(_model, prompt_ids, tokens)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -15,9 +15,10 @@ from core.choice_points import (
     entropy_bits,
     head_table,
     pair_information,
+    score_path,
     step_heads,
 )
-from core.decoders import Greedy
+from core.decoders import Fixed, Greedy
 from core.toy import MarkovChain, binary_tree, random_markov_chain
 
 # ---- entropy and the decomposition --------------------------------------------------------------
@@ -170,6 +171,17 @@ def test_head_table_and_disagreement_match_direct_computation(tiny_engine):
         assert h.positions == 6  # the prompt is long enough for every head to see every token
         assert h.mean_tv == pytest.approx(float(np.mean(trace.head_tv[h.head - 1])))
         assert h.top1_agreement == pytest.approx(float(np.mean(trace.head_agree[h.head - 1])))
+
+
+@pytest.mark.parametrize("use_toy", [False, True])
+def test_score_path_equals_fixed_decoder(tiny_engine, use_toy):
+    model = random_markov_chain(5, 0.5, 6, seed=2) if use_toy else tiny_engine
+    prompt = [] if use_toy else tiny_engine.encode("y = [")
+    tokens = (1, 4, 0, 2, 2)
+    got, want = score_path(model, prompt, tokens), Fixed(tokens).decode(model, prompt, 5)
+    assert got.tokens == want.tokens
+    assert got.step_logprobs == pytest.approx(want.step_logprobs, abs=1e-5)
+    assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
 
 
 def test_head_table_marks_heads_reaching_before_the_prompt(tiny_engine):
