@@ -1,0 +1,133 @@
+"""How often is greedy decoding optimal? A sweep over random Markov chains.
+
+For each number of states V and Dirichlet concentration α, draw many chains (initial distribution
+and every transition row ~ Dirichlet(α·1)) and count on how many the greedy path is
+Hamming-optimal and is a mode, i.e. its risk equals the Bayes risk (within ``TOLERANCE``: paths
+built from the same transitions in another order tie exactly, and rounding must not decide).
+Everything is vectorised over the chains of a grid cell with numpy; per-chain paths equal
+``Greedy``, ``bayes_output(Hamming())`` and ``bayes_output(ZeroOne())`` on the same
+``MarkovChain`` up to such ties.
+
+Small α makes rows peaked (one likely successor), so greedy follows the likely path and agrees
+with both optima; as α and V grow, rows flatten and greedy's local choices stop matching.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.risk import max_window_sum
+
+TOLERANCE = 1e-9  # risks / log-probabilities this close count as equal
+
+
+def random_chains(n_states: int, alpha: float, n_chains: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(initial [C, V], transition [C, V, V]) with every distribution ~ Dirichlet(alpha·1)."""
+    concentration = np.full(n_states, float(alpha))
+    return rng.dirichlet(concentration, size=n_chains), rng.dirichlet(concentration, size=(n_chains, n_states))
+
+
+def greedy_paths(initial: np.ndarray, transition: np.ndarray, length: int) -> np.ndarray:
+    """[C, length]: argmax at every step (lowest id on ties)."""
+    c = np.arange(len(initial))
+    out = np.empty((len(initial), length), dtype=np.int64)
+    out[:, 0] = initial.argmax(axis=1)
+    for t in range(1, length):
+        out[:, t] = transition[c, out[:, t - 1]].argmax(axis=1)
+    return out
+
+
+def state_marginals(initial: np.ndarray, transition: np.ndarray, length: int) -> np.ndarray:
+    """[C, length, V]: P(Y_t = v) by the forward recursion."""
+    out = np.empty((len(initial), length, initial.shape[1]))
+    out[:, 0] = initial
+    for t in range(1, length):
+        out[:, t] = np.einsum("cs,csv->cv", out[:, t - 1], transition)
+    return out
+
+
+def hamming_risks(marginals: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """[C]: expected Hamming loss Σ_t (1 − P(Y_t = path_t)) of each chain's path."""
+    c, length, _ = marginals.shape
+    return length - marginals[np.arange(c)[:, None], np.arange(length), paths].sum(axis=1)
+
+
+def path_logprobs(initial: np.ndarray, transition: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """[C]: log P(path) of each chain's path."""
+    c = np.arange(len(initial))
+    with np.errstate(divide="ignore"):
+        out = np.log(initial[c, paths[:, 0]])
+        for t in range(1, paths.shape[1]):
+            out = out + np.log(transition[c, paths[:, t - 1], paths[:, t]])
+    return out
+
+
+def modes(initial: np.ndarray, transition: np.ndarray, length: int) -> np.ndarray:
+    """[C, length]: the most probable sequence (Viterbi on log-probabilities, ties to the
+    lexicographically smallest), via ``max_window_sum`` with windows of 2 tokens."""
+    if length == 1:
+        return initial.argmax(axis=1)[:, None]
+    c, v = initial.shape
+    with np.errstate(divide="ignore"):
+        log_init, log_trans = np.log(initial), np.log(transition)
+    scores = np.broadcast_to(log_trans.reshape(c, 1, v * v), (c, length - 1, v * v)).copy()
+    scores[:, 0] += np.repeat(log_init, v, axis=1)  # window 0 also scores its first token
+    return max_window_sum(scores, v, 2)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Fractions of chains on which greedy (or the mode) is optimal for a goal, [len(n_states),
+    len(alphas)]."""
+
+    n_states: tuple[int, ...]
+    alphas: tuple[float, ...]
+    n_chains: int
+    length: int
+    greedy_is_hamming_optimal: np.ndarray
+    greedy_is_mode: np.ndarray
+    mode_is_hamming_optimal: np.ndarray
+
+    def rows(self) -> list[dict]:
+        """One plain row per grid cell, for tables and charts."""
+        return [
+            {"n_states": v, "alpha": a,
+             "greedy is Hamming-optimal": float(self.greedy_is_hamming_optimal[i, j]),
+             "greedy is a mode": float(self.greedy_is_mode[i, j]),
+             "mode is Hamming-optimal": float(self.mode_is_hamming_optimal[i, j])}
+            for i, v in enumerate(self.n_states) for j, a in enumerate(self.alphas)
+        ]
+
+
+def greedy_optimality_sweep(n_states=(2, 3, 4, 6, 8), alphas=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+                            n_chains: int = 200, length: int = 10, seed: int = 0) -> SweepResult:
+    """For every (V, α) cell draw ``n_chains`` random chains of ``length`` tokens (one
+    ``numpy.random.default_rng`` seeded with ``seed`` for the whole grid, cells in row-major
+    order) and measure how often greedy is Hamming-optimal and is a mode (and the mode is
+    Hamming-optimal), each up to ``TOLERANCE``."""
+    n_states, alphas = tuple(int(v) for v in n_states), tuple(float(a) for a in alphas)
+    if not n_states or any(v < 1 for v in n_states):
+        raise ValueError(f"n_states must be a non-empty list of integers >= 1, got {n_states}")
+    if not alphas or any(not (math.isfinite(a) and a > 0) for a in alphas):
+        raise ValueError(f"alphas must be a non-empty list of numbers > 0 and finite, got {alphas}")
+    if not isinstance(n_chains, int) or n_chains < 1:
+        raise ValueError(f"n_chains must be an integer >= 1, got {n_chains!r}")
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be an integer >= 1, got {length!r}")
+    rng = np.random.default_rng(seed)
+    shape = (len(n_states), len(alphas))
+    g_ham, g_mode, mode_ham = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    for i, v in enumerate(n_states):
+        for j, a in enumerate(alphas):
+            init, trans = random_chains(v, a, n_chains, rng)
+            marg = state_marginals(init, trans, length)
+            greedy, mode = greedy_paths(init, trans, length), modes(init, trans, length)
+            best_hamming = hamming_risks(marg, marg.argmax(axis=2))
+            g_ham[i, j] = np.mean(hamming_risks(marg, greedy) <= best_hamming + TOLERANCE)
+            g_mode[i, j] = np.mean(path_logprobs(init, trans, greedy) >= path_logprobs(init, trans, mode) - TOLERANCE)
+            mode_ham[i, j] = np.mean(hamming_risks(marg, mode) <= best_hamming + TOLERANCE)
+    return SweepResult(n_states, alphas, n_chains, length, g_ham, g_mode, mode_ham)
