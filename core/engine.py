@@ -10,7 +10,8 @@ preceded by the end-of-text token the model was trained with, so an empty prompt
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +24,31 @@ DEFAULT_MODEL_DIR = ASSETS / "models" / "mtp-default"
 
 def auto_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# A forward over at most this many token rows runs with one intra-op thread on CPU (see below).
+SMALL_FORWARD_ROWS = 16
+
+
+@contextmanager
+def _threads_for(device: torch.device, rows: int) -> Iterator[None]:
+    """One intra-op CPU thread for the duration of a small forward, then the caller's setting back.
+
+    Stepping one token runs ~200 ops on [1, 256]-sized tensors, far too small to split across
+    threads: with 2 threads each op waits at an OpenMP barrier, and on a loaded machine (other
+    processes holding the cores) that wait is a scheduler time slice per op — measured on a 2-core
+    box under load: 48 ms/token with 2 threads, 7 ms/token with 1. The setting is per calling thread
+    (OpenMP/MKL thread-local) and restored on exit; large batches keep every thread.
+    """
+    prev = torch.get_num_threads()
+    if device.type != "cpu" or rows > SMALL_FORWARD_ROWS or prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 class EngineSession:
@@ -53,7 +79,8 @@ class EngineSession:
         if ids.dim() == 1:
             ids = ids[None, :].expand(self.batch, -1)
         self.engine.check_room(self.cache.length + ids.shape[1] - 1)
-        lp = torch.log_softmax(self.engine.model.extend(self.cache, ids).float(), dim=-1).cpu()
+        with _threads_for(self.engine.device, ids.numel()):
+            lp = torch.log_softmax(self.engine.model.extend(self.cache, ids).float(), dim=-1).cpu()
         self.last = lp[:, -1]
         return lp
 
@@ -64,11 +91,14 @@ class EngineSession:
         return self.last
 
     @torch.inference_mode()
-    def heads(self, index: int | None = None) -> torch.Tensor:
-        """[B, n_heads, V] log-probs of every head after token ``index`` (default: the last)."""
+    def heads(self, index: int | None = None, which: Sequence[int] | None = None) -> torch.Tensor:
+        """[B, n_heads, V] log-probs of every head after token ``index`` (default: the last);
+        with ``which`` (0-based head indices) only those heads, [B, len(which), V]."""
         pos = self.cache.length - 1 if index is None else index + 1
-        lg = self.engine.model.head_logits(self.cache, pos)
-        return torch.log_softmax(lg.float(), dim=-1).cpu()
+        which = range(self.engine.n_heads) if which is None else list(which)
+        with _threads_for(self.engine.device, self.batch * len(which)):
+            lg = self.engine.model.head_logits(self.cache, pos, which)
+            return torch.log_softmax(lg.float(), dim=-1).cpu()
 
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` tokens; ``last`` becomes stale until the next feed."""
@@ -142,7 +172,8 @@ class Engine:
         for r in rows:
             self.check_room(len(r) - 1)
         common = _common_prefix_length(rows)
-        with self._lock:
+        new_rows = sum(len(r) for r in rows) - (len(rows) - 1) * common  # at most this many fed
+        with self._lock, _threads_for(self.device, new_rows):
             base_last = self._extend_prefix_cache(rows[0][:common])
             suffixes = [r[common:] for r in rows]
             out = base_last.expand(len(rows), -1).clone()
@@ -194,6 +225,10 @@ class Engine:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.check_room(len(prompt) + steps)
+        with _threads_for(self.device, len(prompt) + batch):
+            return self._start(prompt, batch, steps)
+
+    def _start(self, prompt: list[int], batch: int, steps: int) -> EngineSession:
         ids = torch.as_tensor([self.bos_id, *prompt], dtype=torch.long, device=self.device)[None]
         if batch == 1:
             cache = self.model.new_cache(1, self.max_len)

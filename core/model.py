@@ -97,6 +97,15 @@ def _attend(q, k_new, v_new, base_k=None, base_v=None, causal_offset: int = 0):
             return F.scaled_dot_product_attention(q, k_new, v_new)
         if L == T:
             return F.scaled_dot_product_attention(q, k_new, v_new, is_causal=True)
+        if T <= 8:
+            # a few new queries over a cache (speculative verification): each query attends over
+            # its own prefix exactly as a one-token step would, so the rows are bitwise equal to
+            # one-token steps (a masked call sums in another order)
+            return torch.cat([
+                F.scaled_dot_product_attention(q[:, :, i : i + 1], k_new[:, :, : causal_offset + i + 1],
+                                               v_new[:, :, : causal_offset + i + 1])
+                for i in range(T)
+            ], dim=2)
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(causal_offset)
         return F.scaled_dot_product_attention(q, k_new, v_new, attn_mask=mask)
     scale = 1.0 / math.sqrt(D)
@@ -307,8 +316,7 @@ class MTPModel(PreTrainedModel):
         start = cache.length
         if start + T > cache.offset + cache.capacity:
             raise ValueError(f"cache capacity exceeded: {start + T} > {cache.offset + cache.capacity}")
-        pos = torch.arange(start, start + T, device=input_ids.device)
-        z = self.wte(input_ids) + self.wpe(pos)
+        z = self.wte(input_ids) + self.wpe.weight[start : start + T]
         n_trunk = self.config.n_trunk_layers
         for i, block in enumerate(self.trunk):
             z = block.step(z, cache.layers[i], start)
@@ -326,13 +334,14 @@ class MTPModel(PreTrainedModel):
             raise ValueError(f"position must be a cached position in [{cache.offset}, {cache.length}), got {position}")
         heads = range(self.config.n_heads) if heads is None else heads
         z = cache.z_at(position)[:, None, :]
+        d = z.shape[-1]
         n_trunk = self.config.n_trunk_layers
         outs = []
         for j in heads:
             block = self.heads[j]
-            q = block._split(F.linear(block.ln1(z), block.qkv.weight[: z.shape[-1]], block.qkv.bias[: z.shape[-1]]))
-            outs.append(self.unembed(block.query(z, q, cache.layers[n_trunk + j], position + 1))[:, 0])
-        return torch.stack(outs, dim=1)
+            q = block._split(_linear(block.ln1(z), block.qkv.weight[:d], block.qkv.bias[:d]))
+            outs.append(block.query(z, q, cache.layers[n_trunk + j], position + 1))
+        return self.unembed(torch.cat(outs, dim=1))  # one unembedding for all heads
 
 
 def mtp_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
