@@ -93,11 +93,12 @@ def draw_pair(ctx: Context, tokens, marked: tuple[int, ...]) -> None:
     est = ih.pair_estimate(ctx.model, ctx.source, (*ctx.prompt_ids, *tokens[:t]), int(top_k))
     d = est.decomposition
     cols = st.columns(5)
-    cols[0].metric("H(X) exact", f"{d.h_x:.3f} bits")
-    cols[1].metric("H(Y)" + ("" if est.exact else " ≈"), f"{d.h_y:.3f} bits")
-    cols[2].metric("I(X;Y)" + ("" if est.exact else " ≥"), f"{d.mutual_information:.3f} bits")
-    cols[3].metric("H(X|Y)" + ("" if est.exact else " ≈"), f"{d.h_x_given_y:.3f} bits")
-    cols[4].metric("H(Y|X)" + ("" if est.exact else " ≈"), f"{d.h_y_given_x:.3f} bits")
+    approx = "" if est.exact else " (≈)"
+    cols[0].metric("H(X) bits (exact)", f"{d.h_x:.3f}")
+    cols[1].metric("H(Y) bits" + approx, f"{d.h_y:.3f}")
+    cols[2].metric("I(X;Y) bits" + ("" if est.exact else " (≥)"), f"{d.mutual_information:.3f}")
+    cols[3].metric("H(X|Y) bits" + approx, f"{d.h_x_given_y:.3f}")
+    cols[4].metric("H(Y|X) bits" + approx, f"{d.h_y_given_x:.3f}")
     first, second = "H(X) + H(Y)", "H(X|Y) + 2I + H(Y|X)"
     terms = [("H(X)", d.h_x, first), ("H(Y)", d.h_y, first), ("H(X|Y)", d.h_x_given_y, second),
              ("I(X;Y)", d.mutual_information, second), ("I(X;Y)", d.mutual_information, second),

@@ -76,6 +76,13 @@ def visible(text: str) -> str:
     return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
 
 
+def visible_html(text: str) -> str:
+    """A token's text for HTML with ``white-space: pre-wrap``: line breaks kept (marked ↵), a
+    whitespace-only token's spaces shown as ·."""
+    shown = html.escape(text).replace("\n", "↵\n").replace("\t", "⇥   ")
+    return shown if shown.strip() else shown.replace(" ", "·")
+
+
 def token_name(model, token_id: int) -> str:
     return visible(token_label(model, int(token_id)))
 
@@ -179,15 +186,14 @@ def highlighted_html(model, tokens: Sequence[int], scores: Sequence[float], mark
     boxed; ``hover(i)`` is each token's tooltip."""
     finite = [s for s in scores if np.isfinite(s)]
     top = max(finite) if finite and max(finite) > 0 else 1.0
-    spans = [f'<span style="color:#868e96">{html.escape(visible(prefix))}</span>'] if prefix else []
+    spans = [f'<span style="color:#868e96">{visible_html(prefix)}</span>'] if prefix else []
     marked = set(marked)
     for i, tok in enumerate(tokens):
         s = scores[i] if np.isfinite(scores[i]) else 0.0
         alpha = 0.08 + 0.6 * max(0.0, min(1.0, s / top))
         box = "outline:2px solid #e8590c;font-weight:bold;" if i in marked else ""
         spans.append(f'<span title="{html.escape(hover(i))}" style="background:rgba(250,82,82,{alpha:.2f});{box}'
-                     f'border-radius:3px;padding:0 1px;margin:0 1px">{html.escape(visible(token_label(model, tok)))}'
-                     "</span>")
+                     f'border-radius:3px;padding:0 1px">{visible_html(token_label(model, tok))}</span>')
     return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.9;font-size:0.95em">'
             + "".join(spans) + "</div>")
 
@@ -205,10 +211,11 @@ def passes_html(model, passes: Sequence[Sequence[tuple[int, str]]], titles: Sequ
     groups = []
     for tokens, title in zip(passes, titles):
         spans = "".join(f'<span style="{ROLE_STYLES[role]};border-radius:2px">'
-                        f"{html.escape(visible(token_label(model, tok)))}</span>" for tok, role in tokens)
-        groups.append(f'<span title="{html.escape(title)}" style="border:1px solid #ced4da;border-radius:4px;'
-                      f'padding:1px 2px;margin:1px;display:inline-block">{spans}</span>')
-    return ('<div style="font-family:monospace;line-height:2.0;font-size:0.95em">' + "".join(groups) + "</div>")
+                        f"{visible_html(token_label(model, tok))}</span>" for tok, role in tokens)
+        groups.append(f'<span title="{html.escape(title)}" style="border:1px solid #adb5bd;border-radius:4px;'
+                      f'padding:1px 1px">{spans}</span>')
+    return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:2.0;font-size:0.95em">'
+            + "".join(groups) + "</div>")
 
 
 def roles_legend_html() -> str:

@@ -85,7 +85,7 @@ def draw(ctx: Context) -> None:
         st.session_state["spec_heads"] = ctx.n_heads
     if st.session_state["spec_repeats"] not in REPEATS:
         st.session_state["spec_repeats"] = 1
-    left, mid, right = st.columns([3, 2, 1])
+    left, mid, right = st.columns([5, 3, 2], vertical_alignment="bottom")
     with left:
         st.slider("Heads used (k)", 2, ctx.n_heads, key="spec_heads",
                   help="Head 1 verifies; heads 2..k draft. At most k tokens per forward pass.")
@@ -93,7 +93,7 @@ def draw(ctx: Context) -> None:
         st.selectbox("Timing repeats", REPEATS, key="spec_repeats",
                      help="Each decoder runs this many times, alternating; the fastest run of each counts.")
     with right:
-        st.button("Measure again", on_click=on_measure_again, args=(ctx,))
+        st.button("Re-measure", on_click=on_measure_again, args=(ctx,))
     runs = st.session_state.setdefault(RUNS, {})
     key = run_key(ctx)
     if key not in runs:
@@ -109,7 +109,8 @@ def draw(ctx: Context) -> None:
                    help=f"Self-speculative vs greedy; plus {result.draft_passes} cheap head-only draft passes.")
     cols[2].metric("Wall-clock speed-up", f"{cmp.speedup:.2f}×",
                    help="Greedy time / self-speculative time, fastest of the repeats, measured in this request.")
-    cols[3].metric("Output equals greedy", "✅ identical" if cmp.same_output else "❌ differs")
+    cols[3].metric("Output equals greedy", "✅ yes" if cmp.same_output else "❌ no",
+                   help="Token for token, the same output as plain greedy decoding with head 1.")
     st.caption(f"Greedy {cmp.greedy_seconds * 1000:.0f} ms · self-speculative {cmp.speculative_seconds * 1000:.0f} ms "
                f"for {ctx.steps} tokens (fastest of {cmp.repeats}, same prompt, same request; this machine is shared, "
                "so timings are noisy). A verification pass feeds k tokens and costs more than a one-token step, so "
