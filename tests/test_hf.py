@@ -13,6 +13,7 @@ import shutil
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
@@ -82,6 +83,16 @@ def llama(llama_dir) -> HFEngine:
 def smollm2() -> HFEngine:
     """Uses the real cache directory, so a machine de-quantizes the GGUF once across test runs."""
     return load_smollm2()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: the models here step with small ops, and with two threads on a
+    shared 2-core machine each op waits at a barrier for a time slice (measured 4-8x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def generate_tokens(engine: HFEngine, prompt: list[int], steps: int, num_beams: int = 1) -> list[int]:
@@ -358,15 +369,30 @@ def test_memory_warning(gpt2_dir, monkeypatch):
     assert check_memory(gpt2_dir) is None
 
 
-def test_gguf_cache_location_and_space_check(monkeypatch, tmp_path):
-    gguf = hf.smollm2_path()
+def _tiny_gguf(path):
+    """A GGUF file with one small tensor and no tokenizer: readable, but not a model transformers loads."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_cache_location_space_check_and_unloadable_file(monkeypatch, tmp_path):
+    gguf_file = _tiny_gguf(tmp_path / "tiny.gguf")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    target = cached_dir(gguf)
-    assert target.parent == tmp_path / "cache" and target.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
+    target = cached_dir(gguf_file)
+    assert target.parent == tmp_path / "cache" and target.name.startswith("tiny-")
+    with pytest.raises(ValueError, match="cannot load the GGUF file .*GGUF architectures it reads: .*llama"):
+        load_local_model(gguf_file)
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written left behind
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1, used=0, free=1))
-    with pytest.raises(OSError, match=f"free under .*; set {CACHE_ENV} to another directory"):
-        dequantized_dir(gguf)
-    assert not target.exists()
+    with pytest.raises(OSError, match=f"needs about 0.00 GB but only 0.00 GB is free .*; set {CACHE_ENV}"):
+        dequantized_dir(gguf_file)
 
 
 # ---- SmolLM2-135M-Instruct ----------------------------------------------------------------------
