@@ -83,12 +83,12 @@ class Samples:
         return self.tokens.shape[0]
 
     @property
-    def logprobs(self) -> torch.Tensor:
+    def logprob(self) -> torch.Tensor:
         """[n] log P(row) under the model."""
         return sum_in_order(self.step_logprobs)
 
     def paths(self) -> list[Path]:
-        rows = zip(self.tokens.tolist(), self.logprobs.tolist(), self.step_logprobs.tolist())
+        rows = zip(self.tokens.tolist(), self.logprob.tolist(), self.step_logprobs.tolist())
         return [Path(tuple(t), lp, tuple(s)) for t, lp, s in rows]
 
 
@@ -550,7 +550,7 @@ class Lookahead:
     """
 
     depth: int
-    node_budget: int = 4096
+    node_budget: int = 1024
     batch: int = 16
     is_random: ClassVar[bool] = False
 

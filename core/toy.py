@@ -434,8 +434,9 @@ PRESETS: dict[str, ToyPreset] = {
         ),
         ToyPreset(
             "Markov chain",
-            "A random 3-state Markov chain of length 6 (Dirichlet α=0.5, seed 7).",
-            lambda: random_markov_chain(3, 0.5, 6, seed=7),
+            "A random 3-state Markov chain of length 6 (Dirichlet α=0.5, seed 3) with three different "
+            "winners: greedy 100000 (P=.098), the mode 122222 (P=.337), the Hamming-optimal 102222.",
+            lambda: random_markov_chain(3, 0.5, 6, seed=3),
         ),
     )
 }

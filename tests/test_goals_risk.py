@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from test_decoders import random_toys
 
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Sampling, sample_many
@@ -273,3 +274,22 @@ def test_monte_carlo_on_the_engine(tiny_engine):
     assert not ham_bayes.exact and len(ham_bayes.tokens) == 3
     with pytest.raises(ValueError, match="enumerable toy"):
         exact_risk(ZeroOne(), tiny_engine, Greedy(), 3)
+
+
+def test_window_probabilities_through_session_forks_equal_direct_logprobs(tiny_engine):
+    """The N-gram estimator forks every sampled prefix's KV cache and teacher-forces the target
+    window; the result must equal scoring each window from scratch."""
+    from core.risk import _window_hits
+
+    prompt = tiny_engine.encode("The dog ran")
+    steps, n, window = 5, 4, 3
+    truth = sample_many(tiny_engine, prompt, steps, n, seed=3)
+    path = Greedy().decode(tiny_engine, prompt, steps)
+    hits = _window_hits(tiny_engine, prompt, steps, window, torch.tensor([path.tokens]),
+                        torch.tensor([path.step_logprobs], dtype=torch.float64), n, 3, truth)
+    rows = truth.tokens.tolist()
+    for i in range(n):
+        for t in range(steps - window + 1):
+            prefixes = [prompt + rows[i][:t] + list(path.tokens[t : t + k]) for k in range(window)]
+            lp = tiny_engine.logprobs(prefixes)[torch.arange(window), list(path.tokens[t : t + window])]
+            assert math.log(float(hits[i, t])) == pytest.approx(float(lp.double().sum()), abs=1e-4)

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from core.decoders import Beam, Greedy, Lookahead, Sampling
+from core.goals import Hamming, ZeroOne
+from core.risk import bayes_output
 from core.toy import (
     PRESETS,
     MarkovChain,
@@ -184,3 +186,12 @@ def test_every_preset_builds_and_is_a_distribution():
         assert preset.name == name and preset.description
         assert toy.eos_id is None
         assert sum(p for _, p in toy.support()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_markov_chain_preset_has_three_winners():
+    chain = PRESETS["Markov chain"].build()
+    assert Greedy().decode(chain, [], 6).tokens == (1, 0, 0, 0, 0, 0)
+    assert bayes_output(ZeroOne(), chain, 6) == (1, 2, 2, 2, 2, 2)
+    assert bayes_output(Hamming(), chain, 6) == (1, 0, 2, 2, 2, 2)
+    assert chain.prob((1, 2, 2, 2, 2, 2)) == pytest.approx(0.337, abs=5e-4)
+    assert chain.prob((1, 0, 0, 0, 0, 0)) == pytest.approx(0.098, abs=5e-4)
