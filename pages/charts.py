@@ -1,0 +1,73 @@
+"""Plotly figures shared by the pages (layout only: every number comes from core). Shown with
+``st.plotly_chart(fig, width="stretch", config=CHART_CONFIG)``, whose toolbar exports PNG."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+CHART_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+BAYES_COLOUR = "#2b8a3e"
+BAR_COLOUR = "#4c6ef5"
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=height,
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def risk_bars(labels: Sequence[str], means: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+              highlight: Sequence[bool], goal_name: str) -> go.Figure:
+    """Expected loss per decoder with 95% CI error bars; infinite risks are drawn as an "∞" label
+    at the top instead of a bar; highlighted bars (the Bayes output) are green."""
+    finite = [m for m in means if math.isfinite(m)]
+    top = max([h for h in highs if math.isfinite(h)] + finite + [1e-9])
+    ys = [m if math.isfinite(m) else None for m in means]
+    fig = go.Figure(go.Bar(
+        x=list(labels), y=ys,
+        error_y={"type": "data", "symmetric": False,
+                 "array": [(h - m) if math.isfinite(m) else 0 for m, h in zip(means, highs)],
+                 "arrayminus": [(m - lo) if math.isfinite(m) else 0 for m, lo in zip(means, lows)]},
+        marker_color=[BAYES_COLOUR if h else BAR_COLOUR for h in highlight],
+        text=[f"{m:.3g}" if math.isfinite(m) else "∞" for m in means], textposition="outside",
+        hovertemplate="%{x}<br>risk %{y:.4f}<extra></extra>",
+    ))
+    for label, m in zip(labels, means):
+        if not math.isfinite(m):
+            fig.add_annotation(x=label, y=top, text="∞", showarrow=False, font={"size": 18})
+    fig.update_yaxes(range=[0, top * 1.2])
+    return _layout(fig, f"Expected loss under the goal: {goal_name}", "", "risk (lower is better)")
+
+
+def distribution_bars(series: Mapping[str, Mapping[str, float]], title: str, y_title: str = "probability") -> go.Figure:
+    """Grouped bars: one series per name, {outcome label: value}, outcomes in first-seen order."""
+    outcomes: list[str] = []
+    for values in series.values():
+        outcomes += [k for k in values if k not in outcomes]
+    fig = go.Figure([go.Bar(name=name, x=outcomes, y=[values.get(o, 0.0) for o in outcomes],
+                            hovertemplate="%{x}: %{y:.4f}<extra>" + name + "</extra>")
+                     for name, values in series.items()])
+    fig.update_layout(barmode="group")
+    return _layout(fig, title, "output", y_title)
+
+
+def heatmap(z, x: Sequence, y: Sequence, title: str, x_title: str, y_title: str, colorbar: str) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=[str(v) for v in y], zmin=0, zmax=1,
+                               colorscale="Viridis", colorbar={"title": colorbar},
+                               text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                               hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>"))
+    return _layout(fig, title, x_title, y_title, height=380)
+
+
+def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], baselines: Mapping[str, float],
+           title: str, x_title: str, y_title: str) -> go.Figure:
+    """Lines with markers (x, y) per series plus dashed horizontal baselines."""
+    fig = go.Figure([go.Scatter(x=list(x), y=list(y), name=name, mode="lines+markers")
+                     for name, (x, y) in series.items()])
+    for name, value in baselines.items():
+        fig.add_hline(y=value, line_dash="dash", line_color="#868e96", annotation_text=name,
+                      annotation_position="top right")
+    return _layout(fig, title, x_title, y_title, height=400)
