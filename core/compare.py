@@ -233,3 +233,13 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     tick(total, total, "done")
     return Comparison(tuple(rows), samples, goal.name, steps, seed, 0 if exact else n_samples, exact, bayes_exact,
                       method)
+
+
+def empirical_distribution(model, sampler: Sampling, steps: int, n: int, seed: int) -> dict[tuple[int, ...], float]:
+    """Relative frequencies of the outputs of ``n`` seeded draws of ``sampler`` (for "sample N times"
+    next to the exact output distribution), most frequent first, ties by sequence."""
+    drawn = sample_many(model, [], steps, n, seed, sampler)
+    counts: dict[tuple[int, ...], int] = {}
+    for row in drawn.tokens.tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    return {k: c / n for k, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}

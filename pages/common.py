@@ -328,15 +328,37 @@ def _resolve(state) -> Context:
                    goal_name, make_goal(goal_name, ngram_n))
 
 
-def setup_page(title: str, icon: str = "") -> Context | None:
+def _draw_goal_sidebar() -> None:
+    st.sidebar.caption("This page builds its own toy distributions; the seed and goal below are shared.")
+    st.sidebar.number_input("Seed", step=1, key="seed", help="Every random number on the page follows from this seed.")
+    st.sidebar.selectbox("Goal", GOAL_NAMES, key="goal")
+    if st.session_state["goal"] == "N-gram Hamming":
+        st.sidebar.number_input("N (window length)", step=1, key="ngram_n")
+
+
+def _resolve_goal_only(state) -> Context:
+    seed = _check_int("seed", state["seed"], 0, MAX_SEED)
+    if state["goal"] not in GOAL_NAMES:
+        raise ValueError(f"unknown goal {state['goal']!r}; choose one of {', '.join(GOAL_NAMES)}")
+    ngram_n = _check_int("N (the N-gram window)", state["ngram_n"], 1, 64) if state["goal"] == "N-gram Hamming" else 2
+    return Context("", None, False, 1, "", (), 0, seed, state["goal"], make_goal(state["goal"], ngram_n))
+
+
+def setup_page(title: str, icon: str = "", *, sidebar: str = "full") -> Context | None:
     """Draw the shared sidebar and the page title; return the resolved Context, or show an
-    st.error naming the problem (and the allowed values) and return None."""
+    st.error naming the problem (and the allowed values) and return None.
+
+    ``sidebar="goal"``: only seed and goal (pages with their own toys); the Context then has
+    source "", model None and steps 0, and the page checks N-gram N against its own length."""
     declare_state(_sidebar_defaults())
     st.title(f"{icon} {title}".strip())
-    _draw_sidebar()
+    if sidebar == "full":
+        _draw_sidebar()
+    else:
+        _draw_goal_sidebar()
     sync_url()
     try:
-        return _resolve(st.session_state)
+        return _resolve(st.session_state) if sidebar == "full" else _resolve_goal_only(st.session_state)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback
         show_error(exc)
         return None
