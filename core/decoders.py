@@ -166,7 +166,7 @@ def _log_normalize(scores: torch.Tensor) -> torch.Tensor:
 
 def _top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Mask of the tokens top-p keeps, from the k best scores only (k doubles until every row's
-    kept set ends inside them), avoiding a full sort of wide rows."""
+    kept set ends inside them), avoiding a full sort of wide rows when the kept set is small."""
     vocab = scores.shape[-1]
     log_total = torch.logsumexp(scores.double(), dim=-1, keepdim=True)  # float64: the boundary is sharp
     k = min(vocab, 64)
@@ -177,7 +177,11 @@ def _top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
         n_keep = (above < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
         if k == vocab or bool((n_keep < k).all()):
             break
-        k = min(vocab, 2 * k)
+        # every later token is at most the k-th probability: at least this many more are needed
+        short = ((top_p - probs.sum(dim=-1)) / probs[..., -1]).max()
+        k = max(2 * k, k + int(min(float(short), vocab)))
+        if k > vocab // 8:  # then one full-width pass is cheaper than more rounds
+            k = vocab
     kth = vals.gather(-1, n_keep - 1)  # the model's dtype, like scores
     keep = scores > kth
     tied = scores == kth  # fill the rest of the kept set with the lowest ids of the boundary value
