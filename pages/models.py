@@ -1,0 +1,96 @@
+"""Models: the shipped model's card and training curves; load a local Hugging Face model."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from core.engine import DEFAULT_MODEL_DIR
+from pages.charts import CHART_CONFIG, curves
+from pages.common import add_local_model, declare_state, load_source, setup_page, show_error, source_label
+
+
+@st.cache_data(show_spinner=False)
+def model_card() -> str:
+    return (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")
+
+
+@st.cache_data(show_spinner=False)
+def train_log() -> dict:
+    return json.loads((DEFAULT_MODEL_DIR / "train_log.json").read_text(encoding="utf-8"))
+
+
+def draw_training(log: dict) -> None:
+    c = st.columns(4)
+    c[0].metric("Parameters", f"{log['parameters'] / 1e6:.1f} M")
+    c[1].metric("Tokens seen", f"{log['tokens_seen'] / 1e6:.0f} M")
+    c[2].metric("Training time", f"{log['train_seconds']:.0f} s", help=log.get("device", ""))
+    c[3].metric("Head 1, held out", f"{log['val_bits_per_byte'][0]:.2f} bits/byte")
+    history = log["history"]
+    n_heads = len(history[0]["val_loss"])
+    tokens = [h["tokens"] / 1e6 for h in history]
+    series = {f"head {k + 1} (token t+{k + 1})": (tokens, [h["val_loss"][k] for h in history]) for k in range(n_heads)}
+    names = ("bigram baseline (head 1)", "skip-bigram baseline (head 2)")
+    baselines = dict(zip(names, log.get("baseline_nats_per_token", [])))
+    st.plotly_chart(curves(series, baselines, "Validation loss per head", "tokens seen (millions)",
+                           "loss (nats / token)"), width="stretch", config=CHART_CONFIG, key="models_curves")
+    st.caption("Head k predicts the token k positions ahead from the same trunk state, so later heads have more to "
+               "guess and a higher loss. Dashed: count-based baselines on the same data (bigram for the next token, "
+               "skip-bigram for the one after).")
+
+
+def load_local(path: str, allow_large: bool) -> None:
+    """Load ``path`` (a transformers directory or a .gguf file) and make it the sidebar's model."""
+    path = path.strip()
+    if not path:
+        raise ValueError("enter the path of a local Hugging Face model directory (config.json + *.safetensors + "
+                         "tokenizer files) or a .gguf file")
+    if allow_large:
+        from core.hf import load_local_model
+
+        load_local_model(path, allow_large=True)  # the memory check is the only difference; files are now cached
+    load_source(f"local:{path}")
+    add_local_model(path)
+
+
+def _on_load() -> None:
+    """Button callback (runs before the rerun, so it may change the sidebar's model)."""
+    try:
+        load_local(st.session_state.models_path, bool(st.session_state.models_allow_large))
+        model = source_label(st.session_state.source)
+        st.session_state.models_result = ("ok", f"Loaded: it is now the sidebar's model ({model}).")
+    except Exception as exc:  # noqa: BLE001 - shown as a message on the rerun
+        st.session_state.models_result = ("error", exc)
+
+
+def draw_loader() -> None:
+    st.subheader("Load a local model")
+    st.caption("A directory saved by Hugging Face `transformers` (config.json, *.safetensors, tokenizer files) or a "
+               ".gguf file. Safetensors and GGUF only: no pickled weights, no remote code, no network. Once loaded "
+               "it is selectable in the sidebar as a model (one head: it predicts only the next token).")
+    declare_state({"models_path": "", "models_allow_large": False})
+    st.text_input("Path", key="models_path", placeholder="/path/to/model-directory or /path/to/model.gguf")
+    st.checkbox("Load even if it may not fit in memory", key="models_allow_large")
+    st.button("Load model", key="models_load", type="primary", on_click=_on_load)
+    kind, result = st.session_state.pop("models_result", (None, None))
+    if kind == "ok":
+        st.success(result)
+    elif kind == "error":
+        show_error(result)
+    loaded = st.session_state.get("local_models", [])
+    if loaded:
+        st.markdown("**Loaded this session:** " + ", ".join(f"`{p}`" for p in loaded))
+
+
+setup_page("Models", "📦")  # the full sidebar, so a loaded model shows up as its source
+st.subheader("The shipped multi-head model")
+try:
+    st.markdown(model_card())
+    draw_training(train_log())
+except (OSError, KeyError, ValueError, IndexError) as exc:
+    show_error(ValueError(f"could not read the shipped model's card or training log: {exc}"))
+st.subheader("SmolLM2-135M-Instruct")
+st.markdown("A real pretrained English + code model with one head (Apache-2.0, HuggingFaceTB), offered in the sidebar "
+            "as a second model so the decoders can be compared on a model trained on far more text.")
+draw_loader()
