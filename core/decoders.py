@@ -105,6 +105,7 @@ def _is_int(x) -> bool:
 
 
 def check_call(model: NextTokenModel, prompt: Sequence[int], steps: int) -> list[int]:
+    """Validate a decode call (steps >= 1; within a toy's length) and return the prompt as ints."""
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     prompt = [int(t) for t in prompt]
@@ -165,8 +166,8 @@ def _log_normalize(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask of the tokens top-p keeps, from the k best scores only (k doubles until every row's
-    kept set ends inside them), avoiding a full sort of wide rows when the kept set is small."""
+    """Mask of the tokens top-p keeps, from the k best scores only (k grows until every row's kept
+    set ends inside them), avoiding a full sort of wide rows when the kept set is small."""
     vocab = scores.shape[-1]
     log_total = torch.logsumexp(scores.double(), dim=-1, keepdim=True)  # float64: the boundary is sharp
     k = min(vocab, 64)

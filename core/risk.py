@@ -178,7 +178,11 @@ def max_window_sum(scores: np.ndarray, k: int, n: int) -> np.ndarray:
 def bayes_output(goal, truth, steps: int) -> tuple[int, ...]:
     """The output of ``steps`` tokens minimising the goal's risk under the toy ``truth`` (exact; ties
     to the lexicographically smallest): the mode for 0-1 (best-first search), the per-position
-    marginal mode for Hamming, the DP optimum over window marginals for N-gram Hamming."""
+    marginal mode for Hamming, the DP optimum over window marginals for N-gram Hamming.
+
+    Ties are exact float ties: outputs whose probabilities are equal in exact arithmetic but are
+    computed by different products (e.g. Markov paths using the same transitions in another
+    order) can differ in the last bit, and then the larger float wins."""
     _check_toy(truth, steps)
     if isinstance(goal, DistributionMatch):
         raise ValueError("no single output is Bayes-optimal for distribution matching: the Bayes decoder is "
