@@ -107,8 +107,10 @@ def init_state(defaults: Mapping[str, object]) -> None:
 def sync_url() -> None:
     """Write every state key a page declared with ``init_state`` to the URL, so the link reproduces
     the view. Values equal to their default are left out to keep links short."""
-    params = {}
-    for key in st.session_state.get("_url_keys", {}):
+    declared = st.session_state.get("_url_keys", {})
+    read = st.session_state.get("_url_read", set())
+    params = {k: v for k, v in st.query_params.items() if k not in declared and k not in read}  # not read yet
+    for key in declared:
         value = st.session_state.get(key)
         if isinstance(value, bool | int | float | str) and not _is_default(key, value):
             params[key] = str(value)

@@ -1,0 +1,85 @@
+"""Compare page (AppTest): exact numbers on a toy, goal switching, bad input as st.error, and one
+run on the shipped model with a few tokens."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+PAGE = "../pages/compare.py"
+
+
+def run_page(**state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def table(at: AppTest):
+    return at.dataframe[0].value.set_index("decoder")
+
+
+def test_toy_exact_risks_and_goal_switch():
+    at = run_page(source="toy:E1", steps=2)
+    assert not at.exception and not at.error
+    t = table(at)
+    assert t.loc["greedy", "risk"] == pytest.approx(0.67)
+    assert t.loc["Bayes output (0-1)", "risk"] == pytest.approx(0.64)
+    assert t.loc["Bayes output (0-1)", "output"] == "BA"
+    assert t.loc["greedy", "regret"] == pytest.approx(0.03)
+    assert any("Exact: enumerated" in c.value for c in at.caption)
+    at.selectbox(key="goal").set_value("Hamming").run()
+    t = table(at)
+    assert t.loc["Bayes output (Hamming)", "output"] == "AA"
+    assert t.loc["lookahead (depth 2)", "risk"] == pytest.approx(0.91)
+    assert t.loc["greedy", "regret"] == pytest.approx(0.0)
+    assert at.query_params["goal"] == "Hamming"
+
+
+def test_bad_inputs_show_errors_not_tracebacks():
+    at = run_page(source="toy:E1", steps=2)
+    at.number_input(key="cmp_tau").set_value(0.0).run()
+    assert not at.exception
+    assert "temperature must be > 0" in at.error[0].value
+    at.number_input(key="cmp_tau").set_value(0.7).run()
+    at.number_input(key="cmp_top_p").set_value(1.5).run()
+    assert "top_p must be None or in (0, 1]" in at.error[0].value
+    at.number_input(key="cmp_top_p").set_value(0.9).run()
+    at.number_input(key="steps").set_value(0).run()
+    assert not at.exception
+    assert "steps (for E1, a toy of length 2) must be an integer from 1 to 2, got 0" in at.error[0].value
+
+
+def test_switching_to_a_toy_sets_its_length():
+    at = run_page(prompt="  ", steps=0)  # shipped model, bad input: no compute happens
+    assert not at.exception
+    assert at.error[0].value == "steps must be an integer from 1 to 64, got 0"
+    at.number_input(key="steps").set_value(8).run()
+    assert not at.exception
+    assert "prompt is empty" in at.error[0].value
+    at.selectbox(key="source").set_value("toy:E2").run()
+    assert not at.exception and not at.error
+    assert at.session_state["steps"] == 2
+    assert table(at).loc["Bayes output (0-1)", "output"] == "BB"
+
+
+def test_link_reproduces_the_view():
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params["source"] = "toy:E1"
+    at.query_params["steps"] = "2"
+    at.query_params["goal"] = "Hamming"
+    at.query_params["cmp_depth"] = "1"
+    at.run()
+    assert not at.exception and not at.error
+    t = table(at)
+    assert "lookahead (depth 1)" in t.index and t.loc["Bayes output (Hamming)", "risk"] == pytest.approx(0.71)
+
+
+def test_shipped_model_few_tokens():
+    at = run_page(steps=3, cmp_n_samples=16, cmp_depth=1, cmp_beam=2, cmp_shown=1)
+    assert not at.exception and not at.error
+    t = table(at)
+    assert len(t) == 8 and (t["ci_low"] <= t["risk"]).all() and (t["risk"] <= t["ci_high"]).all()
+    assert any("Monte Carlo" in c.value and "16 sampled" in c.value for c in at.caption)
+    assert at.code[0].value  # the prompt is shown
