@@ -1,0 +1,62 @@
+"""Models page (AppTest): the shipped model's card and training curves, loading a local model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from core.engine import DEFAULT_MODEL_DIR
+from core.train import load_tokenizer
+
+PAGE = "../pages/models.py"
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A tiny random GPT-2 saved by transformers, with the shipped tokenizer."""
+    path = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(0)
+    tok = load_tokenizer(DEFAULT_MODEL_DIR / "tokenizer.json")
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+                     eos_token_id=0)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def run_page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["source"] = "toy:E1"
+    at.session_state["steps"] = 2
+    return at.run()
+
+
+def test_card_and_training_curves():
+    at = run_page()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric] == ["10.1 M", "655 M", "420 s", "0.74 bits/byte"]
+    assert any("default multi-token-prediction model" in m.value for m in at.markdown)  # the model card
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_load_errors_are_messages():
+    at = run_page()
+    at.button(key="models_load").click().run()
+    assert not at.exception
+    assert "enter the path" in at.error[0].value
+    at.text_input(key="models_path").set_value("/no/such/model").run()
+    at.button(key="models_load").click().run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+
+
+def test_loaded_model_becomes_a_source(gpt2_dir):
+    at = run_page()
+    at.text_input(key="models_path").set_value(str(gpt2_dir)).run()
+    at.button(key="models_load").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["source"] == f"local:{gpt2_dir}"
+    assert f"Local: {gpt2_dir.name}" in at.selectbox(key="source").options
+    assert "Loaded" in at.success[0].value
