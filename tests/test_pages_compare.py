@@ -83,3 +83,19 @@ def test_shipped_model_few_tokens():
     assert len(t) == 8 and (t["ci_low"] <= t["risk"]).all() and (t["risk"] <= t["ci_high"]).all()
     assert any("Monte Carlo" in c.value and "16 sampled" in c.value for c in at.caption)
     assert at.code[0].value  # the prompt is shown
+
+
+def test_navigation_declares_every_page_in_order():
+    """AppTest cannot drive st.navigation, so check app.py's declaration: Compare is home, then the
+    order of issue 5, and every page file exists."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    calls = [n for n in ast.walk(ast.parse((root / "app.py").read_text())) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", "") == "Page"]
+    pages = [(c.args[0].value, {k.arg: getattr(k.value, "value", None) for k in c.keywords}) for c in calls]
+    assert [kw["title"] for _, kw in pages] == ["Compare", "Step inspector", "Choice points", "Theory lab",
+                                               "Speculative", "Models"]
+    assert pages[0][1].get("default") is True
+    assert all((root / path).is_file() for path, _ in pages)
