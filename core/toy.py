@@ -50,6 +50,16 @@ def _check_probabilities(name: str, p: np.ndarray) -> None:
         raise ValueError(f"{name} must sum to 1 (within {SUM_TOLERANCE:g}){row}, got {got!r}")
 
 
+def _check_int(name: str, value, low: int = 1) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_alpha(alpha) -> None:
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be > 0 and finite, got {alpha!r}")
+
+
 def _log(p: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.minimum(np.log(p), 0.0)  # a ratio of masses may exceed 1 by an ulp
@@ -118,8 +128,7 @@ class TableDistribution(_Toy):
     """
 
     def __init__(self, probs: Mapping[Sequence[int], float], vocab_size: int):
-        if not isinstance(vocab_size, int | np.integer) or vocab_size < 1:
-            raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
+        _check_int("vocab_size", vocab_size)
         if not probs:
             raise ValueError("probs must hold at least one sequence")
         table = {tuple(int(t) for t in s): float(p) for s, p in probs.items()}
@@ -196,8 +205,7 @@ class MarkovChain(_Toy):
         v = initial.shape[0]
         if transition.shape != (v, v):
             raise ValueError(f"transition must have shape ({v}, {v}) to match initial, got {transition.shape}")
-        if not isinstance(length, int | np.integer) or length < 1:
-            raise ValueError(f"length must be an integer >= 1, got {length!r}")
+        _check_int("length", length)
         _check_probabilities("initial", initial)
         _check_probabilities("transition rows", transition)
         initial.setflags(write=False)
@@ -261,12 +269,9 @@ Toy = TableDistribution | MarkovChain
 def random_markov_chain(n_states: int, alpha: float, length: int, seed: int) -> MarkovChain:
     """A chain whose initial distribution and every transition row are drawn from a symmetric
     Dirichlet(alpha) with ``numpy.random.default_rng(seed)`` (initial first, then the rows)."""
-    if not isinstance(n_states, int | np.integer) or n_states < 1:
-        raise ValueError(f"n_states must be an integer >= 1, got {n_states!r}")
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be > 0 and finite, got {alpha!r}")
-    if not isinstance(seed, int | np.integer):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    _check_int("n_states", n_states)
+    _check_alpha(alpha)
+    _check_int("seed", seed, low=0)
     rng = np.random.default_rng(seed)
     concentration = np.full(n_states, float(alpha))
     initial = rng.dirichlet(concentration)
@@ -279,12 +284,9 @@ def random_table(vocab_size: int, length: int, seed: int, alpha: float = 1.0,
     """A table over all vocab_size^length sequences with probabilities ~ symmetric Dirichlet(alpha),
     after a random ``zero_fraction`` of the sequences (never all) is set to probability zero;
     ``numpy.random.default_rng(seed)``."""
-    if not isinstance(vocab_size, int | np.integer) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
-    if not isinstance(length, int | np.integer) or length < 1:
-        raise ValueError(f"length must be an integer >= 1, got {length!r}")
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be > 0 and finite, got {alpha!r}")
+    _check_int("vocab_size", vocab_size)
+    _check_int("length", length)
+    _check_alpha(alpha)
     if not 0 <= zero_fraction < 1:
         raise ValueError(f"zero_fraction must be in [0, 1), got {zero_fraction!r}")
     size = vocab_size**length
