@@ -199,7 +199,10 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     else:
         res = approx_bayes_output(goal, model, prompt, steps, n_samples, seed, node_budget=BAYES_NODE_BUDGET)
         bayes, bayes_exact, method = Fixed(res.tokens), res.exact, res.method
-    truth = None if exact else sample_many(model, prompt, steps, n_samples, seed)
+    # truth rows shared by every decoder, drawn only when some estimator needs them (0-1 needs none:
+    # a fixed output's risk is 1 − P(ŷ), a sampler's E_r[1 − P(Ŷ)] uses its own draws)
+    needs_truth = not exact and (is_dm or goal.window(steps) < steps)
+    truth = sample_many(model, prompt, steps, n_samples, seed) if needs_truth else None
 
     def risk(decoder, path: Path | None) -> Estimate:
         if exact:
