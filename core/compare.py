@@ -13,7 +13,8 @@ the truth P:
 
 Regret = risk − the Bayes output's risk. Random decoders are shown by one draw (seeded), and
 ``settings.shown_samples`` draws of P itself are returned for display. Compute budgets are explicit
-(``NEURAL_NODE_BUDGET``, ``MAX_NEURAL_LOOKAHEAD``, ``N_SAMPLES_RANGE``) so no setting can hang a page.
+(``NEURAL_NODE_BUDGET``, ``MAX_NEURAL_LOOKAHEAD``, ``N_SAMPLES_RANGE``, ``MC_TOKEN_BUDGET``) so no setting can
+hang a page.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, sample_many
+from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_many
 from core.goals import DistributionMatch
 from core.risk import Estimate, approx_bayes_output, bayes_output, estimate_risk, exact_risk
 
 NEURAL_NODE_BUDGET = 256  # best-first expansions per committed token for lookahead on a neural model
-BAYES_NODE_BUDGET = 1024  # expansions for the mode search on a neural model
+BAYES_NODE_BUDGET = 256  # expansions for the mode search on a neural model (then beam fallback, labelled approximate)
 MAX_NEURAL_LOOKAHEAD = 4  # deepest lookahead offered on a neural model (cost grows with depth)
 MAX_BEAM_WIDTH = 16
 N_SAMPLES_RANGE = (16, 1024)  # Monte Carlo truth rows on a neural model
 MAX_SHOWN_SAMPLES = 10
+MC_TOKEN_BUDGET = 1 << 17  # Monte Carlo token evaluations (samples x tokens per sample) on a neural model
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,19 @@ def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str
     ]
 
 
+def _check_mc_budget(goal, steps: int, n_samples: int) -> None:
+    """ValueError when the Monte Carlo estimates would evaluate more than ``MC_TOKEN_BUDGET`` tokens:
+    every truth row runs ``steps`` tokens, and an N-gram goal teacher-forces N-1 more per later window."""
+    per_row = steps
+    if not isinstance(goal, DistributionMatch):
+        n = goal.window(steps)
+        per_row += (steps - n) * (n - 1)
+    if n_samples * per_row > MC_TOKEN_BUDGET:
+        raise ValueError(f"Monte Carlo budget: samples x tokens per sample must be at most {MC_TOKEN_BUDGET:,}, got "
+                         f"{n_samples} x {per_row} = {n_samples * per_row:,}; lower the Monte Carlo samples, the steps "
+                         "or N")
+
+
 def token_ranks(model, prompt: Sequence[int], tokens: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """Each token's log-prob and rank (1 = most likely; ties count in the token's favour) given the
     prompt and the tokens before it: one batched ``logprobs`` call."""
@@ -182,9 +197,14 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     prompt = [int(t) for t in prompt]
     if exact and prompt:
         raise ValueError("toys take no prompt")
+    prompt = check_call(model, prompt, steps)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not exact and not (isinstance(n_samples, int) and N_SAMPLES_RANGE[0] <= n_samples <= N_SAMPLES_RANGE[1]):
         lo, hi = N_SAMPLES_RANGE
         raise ValueError(f"Monte Carlo samples must be an integer from {lo} to {hi}, got {n_samples!r}")
+    if not exact:
+        _check_mc_budget(goal, steps, n_samples)
     decoders = lineup(settings, steps, exact)
     total = len(decoders) + 3
     tick = progress or (lambda done, total, what: None)
@@ -216,7 +236,8 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
         path = decoder.decode(model, prompt, steps, seed)
         note = ""
         if getattr(path, "budget_exhausted", False):
-            note = f"search budget ran out: within {path.bound:.3g} nats of the exact lookahead window"
+            note = (f"node budget of {decoder.node_budget} per token reached: the output is the best found, its "
+                    f"windows within {path.bound:.3g} nats of the exact lookahead windows")
         scored.append((key, decoder, path, risk(decoder, path), note))
     bayes_risk = scored[-1][3].mean
 

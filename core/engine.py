@@ -28,6 +28,8 @@ def auto_device() -> torch.device:
 
 # A forward over at most this many token rows runs with one intra-op thread on CPU (see below).
 SMALL_FORWARD_ROWS = 16
+# Longest piece a prefix is fed in by ``_extend_prefix_cache`` (the model attends per query up to 8 rows).
+PREFIX_PIECE = 8
 
 
 @contextmanager
@@ -79,6 +81,8 @@ class EngineSession:
         if ids.dim() == 1:
             ids = ids[None, :].expand(self.batch, -1)
         self.engine.check_room(self.cache.length + ids.shape[1] - 1)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.engine.vocab_size):
+            self.engine.check_tokens(ids.flatten().tolist())
         with _threads_for(self.engine.device, ids.numel()):
             lp = torch.log_softmax(self.engine.model.extend(self.cache, ids).float(), dim=-1).cpu()
         self.last = lp[:, -1]
@@ -163,6 +167,11 @@ class Engine:
                 "shorten the prompt or lower steps"
             )
 
+    def check_tokens(self, tokens: Sequence[int]) -> None:
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside this model's vocabulary [0, {self.vocab_size})")
+
     # ---- NextTokenModel -----------------------------------------------------------------------
     @torch.inference_mode()
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -171,6 +180,8 @@ class Engine:
         rows = [[self.bos_id, *map(int, p)] for p in prefixes]
         for r in rows:
             self.check_room(len(r) - 1)
+            if len(r) > 1 and (min(r) < 0 or max(r) >= self.vocab_size):
+                self.check_tokens(r)
         common = _common_prefix_length(rows)
         new_rows = sum(len(r) for r in rows) - (len(rows) - 1) * common  # at most this many fed
         with self._lock, _threads_for(self.device, new_rows):
@@ -203,8 +214,15 @@ class Engine:
         if keep == len(tokens):  # a strict prefix of what is cached: recompute its last position
             keep -= 1
         self._prefix_cache.rollback(keep)
-        ids = torch.as_tensor(tokens[keep:], dtype=torch.long, device=self.device)[None]
-        logits = self.model.extend(self._prefix_cache, ids)
+        # Fed in pieces of at most PREFIX_PIECE tokens, position 0 alone: every piece then runs the
+        # model's per-query attention, bitwise like one-token steps, so the cached rows do not depend
+        # on how earlier calls (other sessions included) split the prefix, and neither does any result.
+        starts = [keep] if keep else [0, 1]
+        starts += range(starts[-1] + PREFIX_PIECE, len(tokens), PREFIX_PIECE)
+        for a, b in zip(starts, [*starts[1:], len(tokens)]):
+            if a < b:
+                ids = torch.as_tensor(tokens[a:b], dtype=torch.long, device=self.device)[None]
+                logits = self.model.extend(self._prefix_cache, ids)
         self._prefix_tokens = list(tokens)
         self._prefix_last = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu()
         return self._prefix_last
@@ -225,6 +243,7 @@ class Engine:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.check_room(len(prompt) + steps)
+        self.check_tokens(prompt)
         with _threads_for(self.device, len(prompt) + batch):
             return self._start(prompt, batch, steps)
 
