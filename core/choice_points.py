@@ -305,7 +305,7 @@ def decompose(joint) -> Decomposition:
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError("joint must hold finite probabilities >= 0")
     if abs(p.sum() - 1.0) > JOINT_TOLERANCE:
-        raise ValueError(f"joint must sum to 1 (within {JOINT_TOLERANCE:g}), got {p.sum()!r}")
+        raise ValueError(f"joint must sum to 1 (within {JOINT_TOLERANCE:g}), got {float(p.sum())!r}")
     px, py = p.sum(1), p.sum(0)
     nz = p > 0
     pxy = p[nz]

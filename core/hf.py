@@ -42,6 +42,11 @@ SINGLE_HEAD_NOTE = "a Hugging Face causal LM predicts only the next token, so it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MEMORY_FRACTION = 0.8  # warn when the float32 weights need more than this share of available memory
+# The shared prefix cache holds whole blocks of this many tokens, each computed by one forward on top
+# of the blocks before it, so its contents (and every ``logprobs`` result) do not depend on which
+# prefixes earlier calls, or other sessions, cached: a chunked forward differs from a one-chunk one
+# in the last bits. The rest of the common prefix runs with each row's own suffix.
+PREFIX_BLOCK = 16
 
 
 class ModelTooLargeError(ValueError):
@@ -245,6 +250,7 @@ class HFEngine:
             return torch.empty(0, self.vocab_size)
         rows = [self.context_ids(p) for p in prefixes]
         common = _common_prefix_length(rows)
+        common -= common % PREFIX_BLOCK  # the shared cache holds whole blocks only (see PREFIX_BLOCK)
         out = torch.empty(len(rows), self.vocab_size)
         with self._lock:
             base = None
@@ -272,12 +278,14 @@ class HFEngine:
         keep = _common_prefix_length([cached, tokens]) if self._prefix_cache is not None else 0
         if keep == len(tokens) == len(cached):
             return self._prefix_last
-        if keep == len(tokens):  # a strict prefix of what is cached: recompute its last position
-            keep -= 1
+        keep -= keep % PREFIX_BLOCK
+        if keep == len(tokens):  # a strict prefix of what is cached: recompute its last block
+            keep -= PREFIX_BLOCK
         if keep == 0 or (keep < len(cached) and not _crop(self._prefix_cache, keep)):
             self._prefix_cache, keep = None, 0
-        ids = torch.as_tensor(tokens[keep:], dtype=torch.long)[None]
-        logits, self._prefix_cache = self._forward(ids, self._prefix_cache, last_only=True)
+        for start in range(keep, len(tokens), PREFIX_BLOCK):  # one forward per block, as from scratch
+            ids = torch.as_tensor(tokens[start : start + PREFIX_BLOCK], dtype=torch.long)[None]
+            logits, self._prefix_cache = self._forward(ids, self._prefix_cache, last_only=True)
         self._prefix_tokens = list(tokens)
         self._prefix_last = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu()
         return self._prefix_last

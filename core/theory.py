@@ -22,6 +22,7 @@ import numpy as np
 from core.risk import max_window_sum
 
 TOLERANCE = 1e-9  # risks / log-probabilities this close count as equal
+SWEEP_LIMIT = 1 << 25  # most numbers one grid cell holds (transition matrices, marginals): ~256 MB of float64
 
 
 def random_chains(n_states: int, alpha: float, n_chains: int,
@@ -118,6 +119,10 @@ def greedy_optimality_sweep(n_states=(2, 3, 4, 6, 8), alphas=(0.1, 0.3, 1.0, 3.0
         raise ValueError(f"n_chains must be an integer >= 1, got {n_chains!r}")
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"length must be an integer >= 1, got {length!r}")
+    cells = n_chains * max(length, max(n_states)) * max(n_states) ** 2
+    if cells > SWEEP_LIMIT:
+        raise ValueError(f"n_chains x max(length, #states) x #states^2 must be at most {SWEEP_LIMIT:,} numbers per "
+                         f"grid cell, got {cells:,}; use fewer chains, states or a shorter length")
     rng = np.random.default_rng(seed)
     shape = (len(n_states), len(alphas))
     g_ham, g_mode, mode_ham = np.zeros(shape), np.zeros(shape), np.zeros(shape)

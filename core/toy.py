@@ -465,6 +465,9 @@ def output_distribution(decoder, truth, steps: int, prompt: Sequence[int] = ()) 
     only outputs with r > 0 (guarded by ``ENUMERATION_LIMIT``)."""
     if not decoder.is_random:
         return {decoder.decode(truth, list(prompt), steps).tokens: 1.0}
+    room = truth.length - len(prompt)
+    if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or not 1 <= steps <= room:
+        raise ValueError(f"steps must be an integer in 1..{room} for this toy of length {truth.length}, got {steps!r}")
     frontier: dict[tuple[int, ...], float] = {(): 0.0}  # prefix -> log r(prefix)
     for _ in range(steps):
         _check_size("enumerating the decoder's outputs", len(frontier) * truth.vocab_size)

@@ -206,6 +206,25 @@ class TrainConfig:
     eval_windows: int = 64
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("d_model", "n_trunk_layers", "n_heads", "n_attn_heads", "context", "batch_size", "max_steps",
+                     "eval_every", "eval_windows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.d_model % self.n_attn_heads:
+            raise ValueError(f"d_model must be divisible by n_attn_heads ({self.n_attn_heads}), got {self.d_model}")
+        for name, low, high in (("lr", 0.0, math.inf), ("min_lr_ratio", 0.0, 1.0), ("time_budget_s", 0.0, math.inf),
+                                ("weight_decay", 0.0, math.inf)):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and math.isfinite(value) and low <= value <= high
+            if not ok or (name == "lr" and value == 0):
+                allowed = "> 0 and finite" if name == "lr" else (f"in [{low:g}, {high:g}]" if math.isfinite(high)
+                                                                 else ">= 0 and finite")
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
 
 def batch_at(data: np.ndarray, step: int, cfg: TrainConfig, device) -> torch.Tensor:
     """The training batch of a given step: random windows drawn from (seed, step)."""
