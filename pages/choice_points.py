@@ -8,7 +8,7 @@ import math
 import streamlit as st
 
 from pages import inspect_helpers as ih
-from pages.common import Context, declare_state, setup_page, show_error
+from pages.common import Context, check_state, declare_state, in_range, setup_page, show_error
 
 PATHS = {"greedy": "Greedy path", "sample": "Sampled path (τ = 1, sidebar seed)"}
 METRIC_LABELS = {
@@ -128,11 +128,11 @@ def draw_pair(ctx: Context, tokens, marked: tuple[int, ...]) -> None:
 def draw(ctx: Context) -> None:
     declare_state({"cp_path": "greedy", "cp_metric": "entropy", "cp_count": 5, "cp_top_k": 16})
     metrics = ["entropy", "surprise"] + (["influence"] if ctx.n_heads > 1 else [])
-    for key, allowed, default in (("cp_path", list(PATHS), "greedy"), ("cp_metric", metrics, "entropy"),
-                                  ("cp_top_k", list(TOP_K_CHOICES), 16)):
-        if st.session_state[key] not in allowed:
-            st.session_state[key] = default
-    st.session_state["cp_count"] = max(1, min(int(st.session_state["cp_count"]), ctx.steps))
+    check_state({"cp_path": ("Path", tuple(PATHS), "one of " + ", ".join(PATHS)),
+                 "cp_metric": ("Highlight by", tuple(metrics), "one of " + ", ".join(metrics)),
+                 "cp_top_k": ("Top-k x's", TOP_K_CHOICES, "one of " + ", ".join(map(str, TOP_K_CHOICES))),
+                 "cp_count": ("How many", in_range(1, 10**9, True), "an integer >= 1")})
+    st.session_state["cp_count"] = min(int(st.session_state["cp_count"]), ctx.steps)
     left, mid, right = st.columns([2, 3, 1])
     with left:
         kind = st.radio("Path", list(PATHS), key="cp_path", format_func=PATHS.get)

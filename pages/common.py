@@ -366,6 +366,33 @@ def setup_page(title: str, icon: str = "", *, sidebar: str = "full") -> Context 
         return None
 
 
+def check_state(rules: Mapping[str, tuple]) -> None:
+    """Reset widget values a link or an old session left outside what the widget allows: for each
+    key, (name, test or allowed values, allowed in words[, default]); the default is otherwise the
+    one given to ``declare_state``. Each reset is an st.error naming the value and the allowed ones,
+    and the page goes on with the default."""
+    defaults = st.session_state.get("_defaults", {})
+    for key, (name, allowed, words, *default) in rules.items():
+        value = st.session_state.get(key)
+        try:
+            ok = allowed(value) if callable(allowed) else value in allowed
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            fallback = default[0] if default else defaults.get(key)
+            st.error(f"{name} must be {words}, got {value!r}; using {fallback!r} instead.")
+            st.session_state[key] = fallback
+
+
+def in_range(low, high, integer: bool = False):
+    """A test for ``check_state``: a finite number (an integer if ``integer``) in [low, high]."""
+    def test(x) -> bool:
+        if isinstance(x, bool) or not isinstance(x, int | float) or (integer and not float(x).is_integer()):
+            return False
+        return math.isfinite(x) and low <= x <= high
+    return test
+
+
 def show_error(exc: Exception) -> None:
     """Show an exception as a message: ValueErrors say what to change; anything else gets a short
     note (never a traceback)."""

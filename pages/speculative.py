@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import inspect_helpers as ih
-from pages.common import Context, declare_state, setup_page, show_error
+from pages.common import Context, check_state, declare_state, in_range, setup_page, show_error
 
 RUNS = "spec_runs"  # {(source, prompt ids, steps, heads, repeats): SpeedComparison}
 REPEATS = (1, 2, 3)
@@ -81,10 +81,9 @@ def draw(ctx: Context) -> None:
                 "pass. Pick the shipped multi-head model (4 heads) in the sidebar.")
         return
     declare_state({"spec_heads": ctx.n_heads, "spec_repeats": 1})
-    if not 2 <= st.session_state["spec_heads"] <= ctx.n_heads:
-        st.session_state["spec_heads"] = ctx.n_heads
-    if st.session_state["spec_repeats"] not in REPEATS:
-        st.session_state["spec_repeats"] = 1
+    check_state({"spec_heads": ("Heads used (k)", in_range(2, ctx.n_heads, True),
+                                f"an integer from 2 to {ctx.n_heads}"),
+                 "spec_repeats": ("Timing repeats", REPEATS, "one of " + ", ".join(map(str, REPEATS)))})
     left, mid, right = st.columns([5, 3, 2], vertical_alignment="bottom")
     with left:
         st.slider("Heads used (k)", 2, ctx.n_heads, key="spec_heads",

@@ -7,7 +7,16 @@ import streamlit as st
 
 from core.branching import BranchTree, branch
 from pages import inspect_helpers as ih
-from pages.common import Context, declare_state, probability_legend_html, setup_page, show_error, token_html
+from pages.common import (
+    Context,
+    check_state,
+    declare_state,
+    in_range,
+    probability_legend_html,
+    setup_page,
+    show_error,
+    token_html,
+)
 
 TREES = "inspector_trees"  # {(source, prompt ids, steps): BranchTree}
 ERROR = "inspector_error"  # a message from a callback, shown on the next run
@@ -80,8 +89,8 @@ def draw(ctx: Context) -> None:
     declare_state({"inspector_step": 0, "inspector_top_k": 8})
     if not 0 <= st.session_state["inspector_step"] < ctx.steps:  # steps changed, or a stale link
         st.session_state["inspector_step"] = 0
-    if not TOP_K_RANGE[0] <= st.session_state["inspector_top_k"] <= TOP_K_RANGE[1]:
-        st.session_state["inspector_top_k"] = 8
+    lo, hi = TOP_K_RANGE
+    check_state({"inspector_top_k": ("Top-k", in_range(lo, hi, True), f"an integer from {lo} to {hi}")})
 
     scored = ih.scored_path(ctx.model, ctx.source, ctx.prompt_ids, path)
     prompt_text = ctx.prompt if ctx.is_text else ""

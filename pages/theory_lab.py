@@ -14,13 +14,14 @@ from core.risk import risk_table
 from core.theory import greedy_optimality_sweep
 from core.toy import PRESETS, binary_tree, output_distribution, random_markov_chain, sequence_tempered
 from pages.charts import CHART_CONFIG, distribution_bars, heatmap
-from pages.common import declare_state, sequence_label, setup_page, show_error
+from pages.common import check_state, declare_state, in_range, sequence_label, setup_page, show_error
 
 TREE_DEFAULTS = {(): 0.6, (0,): 0.55, (1,): 0.9}  # E1
 MAX_TREE_N = 4
 SAMPLE_SIZES = (10, 100, 1000, 10000)
 SWEEP_STATES = (2, 3, 4, 6, 8)
 SWEEP_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0)
+SWEEP_CHAINS = (50, 200, 500)
 SWEEP_METRICS = {"greedy is Hamming-optimal": "greedy_is_hamming_optimal", "greedy is a mode": "greedy_is_mode",
                  "mode is Hamming-optimal": "mode_is_hamming_optimal"}
 STATE = {"th_kind": "Preset", "th_preset": "E1", "th_n": 2, "th_states": 3, "th_alpha": 0.5, "th_length": 5,
@@ -56,6 +57,7 @@ def toy_ui() -> tuple:
         for i, prefix in enumerate(prefixes):
             key = f"th_p_{''.join(map(str, prefix))}"
             st.session_state.setdefault(key, TREE_DEFAULTS.get(prefix, 0.5))
+            check_state({key: (prefix_name(prefix), in_range(0.0, 1.0), "in [0, 1]", TREE_DEFAULTS.get(prefix, 0.5))})
             cols[i % len(cols)].slider(prefix_name(prefix), 0.0, 1.0, step=0.01, key=key)
         return ("Binary tree", n, tuple((p, st.session_state[f"th_p_{''.join(map(str, p))}"]) for p in prefixes))
     c = st.columns(4)
@@ -140,7 +142,7 @@ def draw_sweep(seed: int) -> None:
     st.subheader("How often is greedy optimal? Random Markov chains")
     c1, c2 = st.columns(2)
     metric = c1.selectbox("Fraction of chains where", list(SWEEP_METRICS), key="th_metric")
-    n_chains = c2.select_slider("Chains per cell", (50, 200, 500), key="th_chains")
+    n_chains = c2.select_slider("Chains per cell", SWEEP_CHAINS, key="th_chains")
     with st.spinner(f"Drawing {n_chains} chains for each of {len(SWEEP_STATES) * len(SWEEP_ALPHAS)} cells…"):
         result = sweep(int(n_chains), seed)
     st.plotly_chart(heatmap(getattr(result, SWEEP_METRICS[metric]), result.alphas, result.n_states, metric,
@@ -210,10 +212,28 @@ def draw_classroom() -> None:
     c3.progress((i + 1) / len(claims), text=f"claim {i + 1} of {len(claims)}")
 
 
+STATE_RULES = {
+    "th_kind": ("Toy", ("Preset", "Binary tree", "Markov chain"), "Preset, Binary tree or Markov chain"),
+    "th_preset": ("Preset", tuple(PRESETS), "one of " + ", ".join(PRESETS)),
+    "th_n": ("Length n", in_range(1, MAX_TREE_N, True), f"an integer from 1 to {MAX_TREE_N}"),
+    "th_states": ("States", in_range(2, 6, True), "an integer from 2 to 6"),
+    "th_alpha": ("Dirichlet α", in_range(0.01, 100.0), "> 0 (from 0.01 to 100)"),
+    "th_length": ("Length", in_range(1, 6, True), "an integer from 1 to 6"),
+    "th_chain_seed": ("Chain seed", in_range(0, 2**31 - 1, True), "an integer from 0 to 2147483647"),
+    "th_tau": ("τ", in_range(0.05, 3.0), "from 0.05 to 3"),
+    "th_sampler_tau": ("Sampler τ", in_range(0.05, 5.0), "from 0.05 to 5"),
+    "th_n_draws": ("N draws", SAMPLE_SIZES, "one of " + ", ".join(map(str, SAMPLE_SIZES))),
+    "th_metric": ("Fraction of chains where", tuple(SWEEP_METRICS), "one of " + ", ".join(SWEEP_METRICS)),
+    "th_chains": ("Chains per cell", SWEEP_CHAINS, "one of " + ", ".join(map(str, SWEEP_CHAINS))),
+    "th_classroom": ("Classroom mode", (True, False), "True or False"),
+    "th_class_step": ("Classroom step", in_range(0, 99, True), "an integer >= 0"),
+}
+
 ctx = setup_page("Theory lab", "🧪", sidebar="goal")
 if ctx is None:
     st.stop()
 declare_state(STATE)
+check_state(STATE_RULES)
 try:
     spec = toy_ui()
     truth = build_toy(spec)
