@@ -1,0 +1,382 @@
+"""Real-browser test: the app as a user sees it, in Debian Chromium driven by Playwright.
+
+Starts ``streamlit run app.py`` on a free port, visits every page declared in ``app.py`` through the
+sidebar navigation (routing cannot be tested with AppTest), waits for each run to finish, checks that no
+exception or traceback is shown and that the page's own content is there, and saves a full-page
+screenshot to ``artifacts/screenshots/<page>.png``. Two real interactions: clicking a bar of the step
+inspector's head-1 chart branches the path; changing the goal on Compare changes the risk table.
+
+Needs ``/usr/bin/chromium`` (``make test`` installs it with apt) and the ``playwright`` package; never
+``playwright install``. Skipped with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
+STEPS = 4  # new tokens per page: small, so every page computes in a few seconds on 2 cores
+# the first URL: sidebar steps and the Compare page's cheapest Monte Carlo setting (both read once per session)
+START_QUERY = f"?steps={STEPS}&cmp_n_samples=16"
+SERVER_START_S = 90
+RUN_TIMEOUT_MS = 45_000  # one script run (a page, or the rerun after an interaction)
+
+# what each page shows when it works: (text that must be visible, CSS selector that must be visible)
+PAGE_CONTENT = {
+    "compare": ("Compare decoders", "[data-testid='stDataFrame']"),
+    "step_inspector": ("Branches", "[data-testid='stPlotlyChart'] .main-svg"),
+    "choice_points": ("What the heads said before head 1", "[data-testid='stPlotlyChart'] .main-svg"),
+    "theory_lab": ("Exact risk of every decoder for every goal", "[data-testid='stDataFrame']"),
+    "speculative": ("Speculative decoding", "[data-testid='stPlotlyChart'] .main-svg"),
+    "models": ("The shipped multi-head model", "[data-testid='stPlotlyChart'] .main-svg"),
+}
+
+IDLE_JS = """() => {
+  const app = document.querySelector("[data-testid='stApp']");
+  if (!app || app.dataset.testScriptState !== 'notRunning' || app.dataset.testConnectionState !== 'CONNECTED')
+    return false;
+  if (document.querySelector("[data-testid='stSkeleton']")) return false;
+  const status = document.querySelector("[data-testid='stStatusWidget']");
+  if (status && /Running/i.test(status.innerText)) return false;
+  return [...document.querySelectorAll("[data-testid='stPlotlyChart']")].every(c => c.querySelector('.main-svg'));
+}"""
+
+
+# ---- pages declared in app.py ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppPage:
+    file: str  # as written in st.Page(...)
+    title: str
+    url_path: str
+    default: bool
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).stem
+
+
+def _literal(node: ast.AST | None, fallback=None):
+    try:
+        return ast.literal_eval(node) if node is not None else fallback
+    except ValueError:
+        return fallback
+
+
+def declared_pages(app: Path = APP) -> list[AppPage]:
+    """Every ``st.Page("<file>.py", title=..., url_path=..., default=...)`` in app.py, in order. Missing
+    title/url_path get Streamlit's defaults (from the file name); without ``default=True`` the first page
+    is the home page."""
+    pages = []
+    calls = [n for n in ast.walk(ast.parse(app.read_text(encoding="utf-8"))) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", getattr(n.func, "id", None)) == "Page"]
+    for node in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
+        kw = {k.arg: k.value for k in node.keywords}
+        file = _literal(node.args[0] if node.args else kw.get("page"))
+        if not isinstance(file, str):
+            continue
+        stem = Path(file).stem
+        title = _literal(kw.get("title"), stem.replace("_", " ").title())
+        url_path = _literal(kw.get("url_path"), stem)
+        pages.append(AppPage(file, title, url_path, bool(_literal(kw.get("default"), False))))
+    if pages and not any(p.default for p in pages):
+        pages[0] = AppPage(pages[0].file, pages[0].title, pages[0].url_path, True)
+    return pages
+
+
+# ---- server and browser ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(log: Path, n: int = 3000) -> str:
+    try:
+        return log.read_text(encoding="utf-8", errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def streamlit_server(app: Path = APP, extra_args: tuple[str, ...] = (), log_dir: Path | None = None):
+    """``streamlit run <app>`` on a free port (same interpreter, so the same venv); yields the base URL once
+    /_stcore/health answers ok; terminates it (then kills it) on exit. ServerError with the log's tail if it
+    exits or is not healthy within SERVER_START_S."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="streamlit-log-") as tmp:
+        log = Path(log_dir or tmp) / "server.log"
+        cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+               "--server.port", str(port), "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", *extra_args]
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        base = f"http://localhost:{port}"
+        try:
+            deadline = time.monotonic() + SERVER_START_S
+            while True:
+                if proc.poll() is not None:
+                    raise ServerError(f"streamlit exited with code {proc.returncode}:\n{_log_tail(log)}")
+                try:
+                    with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                        if r.read().decode().strip() == "ok":
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerError(f"streamlit not healthy after {SERVER_START_S} s:\n{_log_tail(log)}")
+                time.sleep(0.5)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium_page(viewport: dict | None = None):
+    """A Playwright page in Debian Chromium with a fresh user-data dir (Playwright refuses --user-data-dir
+    in args: a persistent context on a new temporary dir is the same thing)."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(profile, executable_path=chromium_path(), headless=True,
+                                                        args=CHROMIUM_ARGS, viewport=viewport or VIEWPORT)
+        context.set_default_timeout(RUN_TIMEOUT_MS)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def chromium_path() -> str | None:
+    return CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not APP.exists():
+        pytest.skip(f"{APP.name} does not exist yet")
+    try:
+        with streamlit_server() as base:
+            yield base
+    except ServerError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    if chromium_path() is None:
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does)")
+    pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install playwright")
+    with chromium_page() as page:
+        yield page
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def wait_idle(page, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Wait until the script run has finished and everything is drawn: connected, not running, no
+    skeletons, every plotly chart rendered; idle twice in a row 200 ms apart (a rerun can start late)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        page.wait_for_function(IDLE_JS, timeout=max(1, int((deadline - time.monotonic()) * 1000)))
+        page.wait_for_timeout(200)
+        if page.evaluate(IDLE_JS):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the app did not become idle")
+
+
+def assert_visible(locator, message: str, timeout_ms: int = 10_000) -> None:
+    try:
+        locator.wait_for(state="visible", timeout=timeout_ms)
+    except Exception as exc:  # noqa: BLE001 - playwright's TimeoutError, as an assertion
+        raise AssertionError(message) from exc
+
+
+def assert_healthy(page, where: str) -> None:
+    exceptions = page.locator("[data-testid='stException']")
+    assert exceptions.count() == 0, f"{where}: exception shown: {exceptions.first.inner_text()[:1000]}"
+    errors = page.locator("[data-testid='stAlertContentError']")
+    assert errors.count() == 0, f"{where}: error shown: {errors.first.inner_text()[:500]}"
+    text = page.locator("[data-testid='stApp']").inner_text()
+    for bad in ("Traceback", "Error running app", "StreamlitAPIException"):
+        assert bad not in text, f"{where}: {bad!r} on the page:\n{text[:2000]}"
+
+
+def screenshot(page, name: str) -> Path:
+    """A full-page PNG. Streamlit scrolls inside <main>, so the viewport is grown to the content's height
+    for the shot (the width stays, so nothing re-lays out) and restored after."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    height = page.evaluate("""() => Math.max(...["[data-testid='stMain']", "[data-testid='stSidebarContent']"]
+        .map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollHeight))""")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height), 8000))})
+    try:
+        wait_idle(page)
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(size)
+    return path
+
+
+def goto_page(page, base: str, app_page: AppPage) -> None:
+    """Open a page through its sidebar link (a client-side page switch, keeping session state); the home
+    page's link is '/'."""
+    link = page.locator(f"[data-testid='stSidebarNavLink'][href$='/{'' if app_page.default else app_page.url_path}']")
+    assert link.count() == 1, f"no sidebar link to {app_page.title!r} ({app_page.url_path})"
+    link.click()
+    expected = base + "/" + ("" if app_page.default else app_page.url_path)
+    page.wait_for_url(lambda url: url.split("?")[0].rstrip("/") == expected.rstrip("/"), timeout=10_000)
+    wait_idle(page)
+
+
+def branch_count(page) -> int:
+    return page.locator("[data-testid='stRadio'] input[type='radio']").count()
+
+
+def path_text(page) -> str:
+    """The step inspector's path (the markdown block of tokens with hover titles)."""
+    return page.locator("[data-testid='stMarkdownContainer']:has(span[title*='token id'])").first.inner_text()
+
+
+def click_runner_up_bar(page) -> None:
+    """Click head 1's second most likely token: hover the chart, move onto the bar until plotly shows its
+    hover label, click. Branching there always gives a different path."""
+    chart = page.locator("[data-testid='stPlotlyChart']").first
+    bars = chart.locator(".bars path, g.point path")
+    boxes = [b for b in (bars.nth(i).bounding_box() for i in range(bars.count())) if b and b["width"] > 0]
+    assert len(boxes) >= 2, f"head-1 chart has {len(boxes)} bars"
+    bar = sorted(boxes, key=lambda b: -b["width"])[1]
+    x, y = bar["x"] + min(bar["width"] / 2, 40), bar["y"] + bar["height"] / 2
+    chart.hover()
+    page.mouse.move(x, y, steps=4)
+    page.wait_for_function("() => document.querySelector('.hoverlayer .hovertext') !== null", timeout=5_000)
+    page.mouse.click(x, y)
+
+
+# ---- the test -------------------------------------------------------------------------------------
+
+
+def test_every_page_renders_and_interactions_work(browser_page, server):  # browser first: skip before starting
+    page = browser_page
+    pages = declared_pages()
+    assert pages, "app.py declares no st.Page"
+    home = next(p for p in pages if p.default)
+    started = time.monotonic()
+
+    page.goto(f"{server}/{START_QUERY}")
+    page.wait_for_selector("[data-testid='stApp']")
+    wait_idle(page, timeout_ms=SERVER_START_S * 1000)  # first run loads the model
+    nav = page.locator("[data-testid='stSidebarNavLink']")
+    assert nav.count() == len(pages), f"sidebar shows {nav.count()} pages, app.py declares {len(pages)}"
+
+    timings = {}
+    for app_page in [home] + [p for p in pages if p is not home]:
+        t0 = time.monotonic()
+        if app_page is not home:
+            goto_page(page, server, app_page)
+        where = f"page {app_page.title!r}"
+        text, selector = PAGE_CONTENT.get(app_page.name, (app_page.title, "h1"))
+        assert_visible(page.get_by_text(text).first, f"{where}: {text!r} not visible")
+        assert_visible(page.locator(selector).first, f"{where}: nothing visible matches {selector}")
+        wait_idle(page)
+        assert_healthy(page, where)
+        steps_box = page.get_by_role("spinbutton", name="Steps (new tokens)")
+        if steps_box.count():
+            assert steps_box.input_value() == str(STEPS), f"{where}: steps did not survive the page switch"
+
+        if app_page.name == "step_inspector":
+            check_branch_by_click(page, where)
+        if app_page.name == "compare":
+            check_goal_change(page, where)
+        screenshot(page, app_page.name)
+        timings[app_page.name] = time.monotonic() - t0
+
+    print(f"\nbrowser test: {len(pages)} pages in {time.monotonic() - started:.1f} s",
+          {k: round(v, 1) for k, v in timings.items()})
+
+
+def check_branch_by_click(page, where: str) -> None:
+    before_count, before_path = branch_count(page), path_text(page)
+    for attempt in (1, 2):  # plotly clicks can be lost (hover label not up yet): retry once
+        try:
+            click_runner_up_bar(page)
+            page.wait_for_function(f"""() => document.querySelectorAll(
+                "[data-testid='stRadio'] input[type='radio']").length > {before_count}""", timeout=15_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError
+            wait_idle(page)
+            if branch_count(page) > before_count:  # the click registered late
+                break
+            if attempt == 2:
+                raise
+    wait_idle(page)
+    assert_healthy(page, f"{where} after clicking a bar")
+    assert branch_count(page) == before_count + 1, f"{where}: clicking a bar did not add a branch"
+    after_path = path_text(page)
+    assert after_path != before_path, f"{where}: the path did not change after branching:\n{after_path}"
+
+
+def risk_table_text(page) -> str:
+    """The risk table's cells as text (st.dataframe draws on a canvas; its accessible <table> has the cells)."""
+    return page.locator("[data-testid='stDataFrame'] table").first.inner_text()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the sidebar selectbox ``label`` (a react-aria combobox: the first click may only
+    focus it, so open it with ArrowDown when it stays closed)."""
+    box = page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text=label)
+    combo = box.get_by_role("combobox")
+    combo.click()
+    try:
+        page.get_by_role("listbox", name=label).wait_for(timeout=2_000)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError: still closed
+        combo.press("ArrowDown")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def check_goal_change(page, where: str) -> None:
+    before = risk_table_text(page)
+    assert "greedy" in before, f"{where}: the risk table has no greedy row:\n{before}"
+    choose(page, "Goal", "Hamming")
+    page.wait_for_url(lambda url: "goal=Hamming" in url, timeout=10_000)
+    wait_idle(page)
+    assert_healthy(page, f"{where} after changing the goal")
+    page.wait_for_function("""before => {
+        const t = document.querySelector("[data-testid='stDataFrame'] table");
+        return t && t.innerText !== before;}""", arg=before, timeout=10_000)
+    assert "Hamming" in page.locator("[data-testid='stMain']").inner_text(), f"{where}: the goal is not named"
