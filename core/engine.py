@@ -31,6 +31,8 @@ def auto_device() -> torch.device:
 # A forward over at most this many token rows runs with one intra-op thread on CPU (see below).
 SMALL_FORWARD_ROWS = 64
 _LOAD_CHECK = {"at": -1.0, "busy": False}
+# Longest piece a prefix is fed in by ``_extend_prefix_cache`` (the model attends per query up to 8 rows).
+PREFIX_PIECE = 8
 
 
 def _machine_busy() -> bool:
