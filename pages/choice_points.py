@@ -117,10 +117,9 @@ def draw_pair(ctx: Context, tokens, marked: tuple[int, ...]) -> None:
             f"**What is approximate:** the remaining {1 - est.covered:.2%} is one remainder bucket assumed to "
             "continue like the top x's on average and to tell nothing about Y, so I(X;Y) shown is a lower bound "
             "on the model's, and H(Y), H(X|Y), H(Y|X) are estimates; raise top-k to tighten them.")
-    given = "the prompt and " if ctx.is_text else ""
     st.markdown(
-        f"X is the token at step {t}, Y the one after it, both under the model given {given}the path's first "
-        f"{t} tokens. {exactness}{head2} Two-token prediction is trained on H(X) + H(Y), which counts the mutual "
+        f"X is the token at step {t}, Y the one after it, both under the model {ih.pair_context(t, ctx.is_text)}. "
+        f"{exactness}{head2} Two-token prediction is trained on H(X) + H(Y), which counts the mutual "
         "information twice: the part of X that constrains what comes next (Gloeckle et al. 2024, §5.2). "
         f"Identity check: left − right = {d.residual:.1e} bits.")
 

@@ -100,6 +100,14 @@ def unique_labels(labels: Sequence[str], ids: Sequence[int]) -> list[str]:
     return [f"{label} #{i}" if counts[label] > 1 else label for label, i in zip(labels, ids)]
 
 
+def pair_context(t: int, is_text: bool) -> str:
+    """What X (the token at step ``t``) is conditioned on, in words."""
+    if t == 0:
+        return "given only the prompt" if is_text else "at the start of the sequence"
+    earlier = "the path's first token" if t == 1 else f"the path's first {t} tokens"
+    return f"given the prompt and {earlier}" if is_text else f"given {earlier}"
+
+
 def heads_note(ctx: Context) -> str | None:
     """Why only head 1 is shown, for single-head models (None for multi-head ones)."""
     if ctx.n_heads > 1:
@@ -191,7 +199,8 @@ def highlighted_html(model, tokens: Sequence[int], scores: Sequence[float], mark
     for i, tok in enumerate(tokens):
         s = scores[i] if np.isfinite(scores[i]) else 0.0
         alpha = 0.08 + 0.6 * max(0.0, min(1.0, s / top))
-        box = "outline:2px solid #e8590c;font-weight:bold;" if i in marked else ""
+        # the outline is drawn outside the span: the margin keeps it off the neighbouring characters
+        box = "outline:2px solid #e8590c;font-weight:bold;margin:0 3px;" if i in marked else ""
         spans.append(f'<span title="{html.escape(hover(i))}" style="background:rgba(250,82,82,{alpha:.2f});{box}'
                      f'border-radius:3px;padding:0 1px">{visible_html(token_label(model, tok))}</span>')
     return ('<div style="font-family:monospace;white-space:pre-wrap;line-height:1.9;font-size:0.95em">'

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.choice_points import choice_trace, decompose, pair_information
 from core.decoders import Greedy
 from core.engine import load_default
+from pages import inspect_helpers as ih
 from pages.common import load_source
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "choice_points.py")
@@ -38,6 +39,7 @@ def test_choice_points_on_the_shipped_model_match_core():
     caption = at.caption[0].value
     assert all(f"step {i} " in caption for i in marked)
     assert at.markdown[0].value.count("outline:2px") == len(marked)
+    assert at.markdown[0].value.count("outline:2px solid #e8590c;font-weight:bold;margin:0 3px") == len(marked)
 
     table = at.dataframe[0].value
     assert list(table["head"]) == ["head 2", "head 3", "head 4"]
@@ -52,6 +54,8 @@ def test_choice_points_on_the_shipped_model_match_core():
     assert shown["H(X)"] == round(d.h_x, 3) and shown["I(X;Y)"] == round(d.mutual_information, 3)
     assert shown["H(Y|X)"] == round(d.h_y_given_x, 3)
     assert "lower bound" in at.markdown[-1].value and f"{est.covered:.2%}" in at.markdown[-1].value
+    assert f"X is the token at step {t}, Y the one after it, both under the model {ih.pair_context(t, True)}." \
+        in at.markdown[-1].value
 
     at.selectbox(key="cp_top_k").set_value(64).run()  # more exact rows: the bound can only tighten
     assert not at.exception
@@ -78,3 +82,12 @@ def test_choice_points_on_a_toy_are_exact():
     assert shown["H(X|Y)"] == round(want.h_x_given_y, 3) and shown["H(Y|X)"] == round(want.h_y_given_x, 3)
     assert "**Exact:**" in at.markdown[-1].value
     assert at.selectbox(key="cp_position").options[-1].startswith("4:")  # X, Y = steps 4, 5: the toy's end
+
+
+def test_pair_context_reads_naturally():
+    assert ih.pair_context(0, True) == "given only the prompt"
+    assert ih.pair_context(0, False) == "at the start of the sequence"
+    assert ih.pair_context(1, True) == "given the prompt and the path's first token"
+    assert ih.pair_context(1, False) == "given the path's first token"
+    assert ih.pair_context(5, True) == "given the prompt and the path's first 5 tokens"
+    assert "first 0" not in ih.pair_context(0, True) + ih.pair_context(0, False)
