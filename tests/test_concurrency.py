@@ -8,12 +8,19 @@ prefix cache is the shared mutable state)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from unittest.mock import MagicMock
 
 import streamlit as st
 import torch
+from streamlit.runtime import Runtime
+from streamlit.runtime.caching.storage.dummy_cache_storage import MemoryCacheStorageManager
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import app_test as app_test_module
 
 from core.decoders import Greedy, Lookahead, sample_many
 from core.engine import load_default
@@ -36,6 +43,24 @@ def session_state(i: int) -> dict:
         "cmp_beam": 2,
         "cmp_shown": 1,
     }
+
+
+@contextlib.contextmanager
+def one_runtime(monkeypatch):
+    """One Runtime for all sessions, as in a real server. AppTest installs a mock Runtime in a global
+    per run and clears it when the run ends, which breaks runs in other threads; here its
+    assignments go to a shadow class while every session's script sees one shared mock runtime
+    (one media manager, one cache storage for st.cache_data / st.cache_resource)."""
+    from streamlit.runtime.dataframe_source_manager import DataframeSourceManager
+
+    runtime = MagicMock(spec=Runtime)
+    runtime.media_file_mgr = MediaFileManager(MemoryMediaFileStorage("/mock/media"))
+    runtime.dataframe_source_mgr = DataframeSourceManager()
+    runtime.cache_storage_manager = MemoryCacheStorageManager()
+    runtime.bidi_component_registry = app_test_module.BidiComponentManager()
+    monkeypatch.setattr(app_test_module, "Runtime", type("ShadowRuntime", (Runtime,), {}))
+    monkeypatch.setattr(Runtime, "_instance", runtime)
+    yield
 
 
 def render(page: str, state: dict) -> AppTest:
@@ -62,16 +87,16 @@ def session_numbers(i: int) -> dict:
     }
 
 
-def test_ten_sessions_at_once_match_each_alone():
+def test_ten_sessions_at_once_match_each_alone(monkeypatch):
     alone = [session_numbers(i) for i in range(N_SESSIONS)]
-    st.cache_data.clear()  # the concurrent sessions compute again instead of reading the cached results
     barrier = threading.Barrier(N_SESSIONS)
 
     def concurrent(i: int) -> dict:
         barrier.wait()
         return session_numbers(i)
 
-    with ThreadPoolExecutor(N_SESSIONS) as pool:
+    with one_runtime(monkeypatch), ThreadPoolExecutor(N_SESSIONS) as pool:
+        st.cache_data.clear()  # the concurrent sessions compute again instead of reading cached results
         together = list(pool.map(concurrent, range(N_SESSIONS)))
     for i in range(N_SESSIONS):
         assert together[i] == alone[i], f"session {i} differs when run with the others"
