@@ -244,8 +244,8 @@ class SpeedComparison:
     Attributes:
         result: the speculative run (``core.speculative.SpeculativeResult``).
         greedy_tokens: ``Greedy().decode`` of the same prompt and steps.
-        greedy_seconds, speculative_seconds: the fastest of ``repeats`` wall-clock runs each
-            (alternating greedy, speculative, so both see the same machine load).
+        greedy_seconds, speculative_seconds: the median of ``repeats`` wall-clock runs each, after
+            one untimed warm-up of each (alternating greedy, speculative, so both see the same load).
     """
 
     result: object
@@ -264,9 +264,13 @@ class SpeedComparison:
 
 
 def compare_speed(model, prompt_ids: Sequence[int], steps: int, heads: int, repeats: int) -> SpeedComparison:
+    """One untimed warm-up run of each decoder (first-call costs: allocations, caches), then ``repeats``
+    alternating timed runs; the median of each counts."""
     from core.decoders import Greedy
     from core.speculative import self_speculative
 
+    Greedy().decode(model, list(prompt_ids), steps)
+    self_speculative(model, list(prompt_ids), steps, heads=heads)
     greedy_times, spec_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -275,4 +279,5 @@ def compare_speed(model, prompt_ids: Sequence[int], steps: int, heads: int, repe
         start = time.perf_counter()
         result = self_speculative(model, list(prompt_ids), steps, heads=heads)
         spec_times.append(time.perf_counter() - start)
-    return SpeedComparison(result, tuple(greedy.tokens), min(greedy_times), min(spec_times), repeats)
+    return SpeedComparison(result, tuple(greedy.tokens), float(np.median(greedy_times)), float(np.median(spec_times)),
+                           repeats)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -65,12 +66,13 @@ def draw_stats(ctx: Context, result) -> None:
                           margin=dict(l=10, r=10, t=40, b=30), yaxis=dict(title="share", range=[0, 1]),
                           legend=dict(orientation="h", y=-0.2))
         st.plotly_chart(fig, key="spec_accept")
-    st.dataframe(
+    table = pd.DataFrame(
         [{"head": h, "drafts verified": n, "kept / verified": None if math.isnan(a) else round(a, 4),
           "kept / reached": None if math.isnan(c) else round(c, 4)}
          for h, n, a, c in zip(heads, result.drafts_offered, result.acceptance_per_head,
-                               result.conditional_acceptance_per_head)],
-        hide_index=True, key="spec_table")
+                               result.conditional_acceptance_per_head)])
+    shares = ["kept / verified", "kept / reached"]  # "—" for a head no draft reached (not a grey "None")
+    st.dataframe(table.style.format("{:.4g}", subset=shares, na_rep="—"), hide_index=True, key="spec_table")
 
 
 def draw(ctx: Context) -> None:
@@ -80,7 +82,7 @@ def draw(ctx: Context) -> None:
                 "that draft the tokens after the next one (heads 2..k), which head 1 then verifies in one forward "
                 "pass. Pick the shipped multi-head model (4 heads) in the sidebar.")
         return
-    declare_state({"spec_heads": ctx.n_heads, "spec_repeats": 1})
+    declare_state({"spec_heads": ctx.n_heads, "spec_repeats": 3})
     check_state({"spec_heads": ("Heads used (k)", in_range(2, ctx.n_heads, True),
                                 f"an integer from 2 to {ctx.n_heads}"),
                  "spec_repeats": ("Timing repeats", REPEATS, "one of " + ", ".join(map(str, REPEATS)))})
@@ -90,7 +92,8 @@ def draw(ctx: Context) -> None:
                   help="Head 1 verifies; heads 2..k draft. At most k tokens per forward pass.")
     with mid:
         st.selectbox("Timing repeats", REPEATS, key="spec_repeats",
-                     help="Each decoder runs this many times, alternating; the fastest run of each counts.")
+                     help="After one untimed warm-up each, both decoders run this many times, alternating; "
+                          "the median run of each counts.")
     with right:
         st.button("Re-measure", on_click=on_measure_again, args=(ctx,))
     runs = st.session_state.setdefault(RUNS, {})
@@ -107,13 +110,15 @@ def draw(ctx: Context) -> None:
     cols[1].metric("Model passes", f"{result.forwards} vs {ctx.steps}",
                    help=f"Self-speculative vs greedy; plus {result.draft_passes} cheap head-only draft passes.")
     cols[2].metric("Wall-clock speed-up", f"{cmp.speedup:.2f}×",
-                   help="Greedy time / self-speculative time, fastest of the repeats, measured in this request.")
+                   help="Greedy time / self-speculative time, median of the repeats, measured in this request.")
     cols[3].metric("Output equals greedy", "✅ yes" if cmp.same_output else "❌ no",
                    help="Token for token, the same output as plain greedy decoding with head 1.")
     st.caption(f"Greedy {cmp.greedy_seconds * 1000:.0f} ms · self-speculative {cmp.speculative_seconds * 1000:.0f} ms "
-               f"for {ctx.steps} tokens (fastest of {cmp.repeats}, same prompt, same request; this machine is shared, "
-               "so timings are noisy). A verification pass feeds k tokens and costs more than a one-token step, so "
-               "the wall-clock speed-up is below tokens per forward, most of all on a CPU.")
+               f"for {ctx.steps} tokens (median of {cmp.repeats} after a warm-up, same prompt, same request). "
+               "Tokens per forward is a property of the model and prompt; the wall-clock speed-up depends on the "
+               "hardware and its load (this machine is shared, so timings are noisy). A verification pass feeds k "
+               "tokens and costs more than a one-token step, so the wall-clock speed-up is normally below tokens per "
+               "forward, most of all on a CPU.")
     if not cmp.same_output:
         st.warning("The outputs differ: self-speculative decoding should reproduce greedy decoding exactly "
                    "(up to floating-point near-ties).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -37,9 +38,15 @@ def test_speculative_page_matches_core_and_greedy():
     assert shown["Output equals greedy"] == "✅ yes"
     assert float(shown["Wall-clock speed-up"].rstrip("×")) > 0
     assert "same prompt, same request" in at.caption[0].value
+    assert "median of 3 after a warm-up" in at.caption[0].value  # default: 3 alternating repeats
+    assert "depends on the hardware" in at.caption[0].value
     table = at.dataframe[0].value
     assert list(table["head"]) == ["head 2", "head 3", "head 4"]
     assert list(table["drafts verified"]) == list(want.drafts_offered)
+    display = pa.ipc.open_stream(at.dataframe[0].proto.arrow_data.styler.display_values).read_pandas()
+    for column in ("kept / verified", "kept / reached"):  # numbers, or "—" for a head no draft reached
+        assert all(v == "—" if n == 0 else v != "None" and float(v) >= 0
+                   for v, n in zip(display[column], want.drafts_offered))
     assert at.markdown[0].value.count('title="pass ') == want.forwards  # one box per forward pass
 
     rerun = _metrics(at.run())  # a rerun reuses the measurement instead of timing again
@@ -56,3 +63,13 @@ def test_single_head_model_is_explained():
     at = _page(source="toy:E1", steps=2)
     assert not at.exception and not at.error
     assert "single head" in at.info[0].value and not at.metric
+
+
+def test_heads_no_draft_reached_show_a_dash():
+    at = _page(steps=4)  # the default prompt: 2 verification passes, head 4's drafts never reached
+    assert not at.exception and not at.error
+    want = self_speculative(load_default(), load_default().encode(at.session_state["prompt"]), 4)
+    display = pa.ipc.open_stream(at.dataframe[0].proto.arrow_data.styler.display_values).read_pandas()
+    for column in ("kept / verified", "kept / reached"):
+        assert [v == "—" for v in display[column]] == [n == 0 for n in want.drafts_offered]
+    assert "None" not in set(display["kept / verified"]) | set(display["kept / reached"])
