@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import streamlit as st
 
@@ -14,6 +15,20 @@ from pages.common import add_local_model, declare_state, load_source, setup_page
 @st.cache_data(show_spinner=False)
 def model_card() -> str:
     return (DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")
+
+
+def demote_headings(markdown: str, levels: int = 3) -> str:
+    """Markdown headings ``levels`` deeper (at most h6), outside fenced code blocks, so an embedded
+    document's "# Title" sits below the page's own st.subheader (h3) sections."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"(#{1,6})(\s)", line)
+        if heading:
+            line = "#" * min(6, len(heading.group(1)) + levels) + line[len(heading.group(1)):]
+        lines.append(line)
+    return "\n".join(lines)
 
 
 @st.cache_data(show_spinner=False)
@@ -86,7 +101,7 @@ def draw_loader() -> None:
 setup_page("Models", "📦")  # the full sidebar, so a loaded model shows up as its source
 st.subheader("The shipped multi-head model")
 try:
-    st.markdown(model_card())
+    st.markdown(demote_headings(model_card()))
     draw_training(train_log())
 except (OSError, KeyError, ValueError, IndexError) as exc:
     show_error(ValueError(f"could not read the shipped model's card or training log: {exc}"))

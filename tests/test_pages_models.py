@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -11,6 +14,7 @@ from core.engine import DEFAULT_MODEL_DIR
 from core.train import load_tokenizer
 
 PAGE = "../pages/models.py"
+PAGE_FILE = Path(__file__).resolve().parent.parent / "pages" / "models.py"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,11 @@ def test_card_and_training_curves():
     at = run_page()
     assert not at.exception and not at.error
     assert [m.value for m in at.metric] == ["10.1 M", "655 M", "420 s", "0.74 bits/byte"]
-    assert any("default multi-token-prediction model" in m.value for m in at.markdown)  # the model card
+    card = next(m.value for m in at.markdown if "default multi-token-prediction model" in m.value)  # the model card
+    headings = [line.split(" ", 1) for line in card.splitlines() if line.startswith("#")]
+    assert headings[0] == ["####", "Decoding Explorer default multi-token-prediction model"]
+    assert ["#####", "Model"] in headings and ["#####", "Data"] in headings
+    assert all(len(h) > 3 for h, _ in headings)  # all smaller than the page's own st.subheader (h3)
     assert len(at.get("plotly_chart")) == 1
 
 
@@ -60,3 +68,16 @@ def test_loaded_model_becomes_a_source(gpt2_dir):
     assert at.session_state["source"] == f"local:{gpt2_dir}"
     assert f"Local: {gpt2_dir.name}" in at.selectbox(key="source").options
     assert "Loaded" in at.success[0].value
+
+
+def test_demote_headings_skips_code_blocks():
+    import ast
+
+    source = Path(PAGE_FILE).read_text(encoding="utf-8")
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "demote_headings")
+    namespace: dict = {"re": re}
+    exec(compile(ast.Module([node], []), PAGE_FILE, "exec"), namespace)
+    demote = namespace["demote_headings"]
+    md = "# Title\n## Part\ntext #1\n```\n# a shell comment\n```\n###### Deep\n#hashtag"
+    assert demote(md).splitlines() == ["#### Title", "##### Part", "text #1", "```", "# a shell comment", "```",
+                                       "###### Deep", "#hashtag"]
