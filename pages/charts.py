@@ -55,11 +55,15 @@ def distribution_bars(series: Mapping[str, Mapping[str, float]], title: str, y_t
 
 
 def heatmap(z, x: Sequence, y: Sequence, title: str, x_title: str, y_title: str, colorbar: str) -> go.Figure:
+    """Cells of equal size: both axes are categories in the given order (x left to right, y bottom up)."""
     fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=[str(v) for v in y], zmin=0, zmax=1,
-                               colorscale="Viridis", colorbar={"title": colorbar},
+                               colorscale="Viridis", colorbar={"title": {"text": colorbar, "side": "right"}},
                                text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
+                               textfont={"size": 13}, xgap=1, ygap=1,
                                hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>"))
-    return _layout(fig, title, x_title, y_title, height=380)
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    return _layout(fig, title, x_title, y_title, height=max(300, 120 + 48 * len(y)))
 
 
 def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], baselines: Mapping[str, float],

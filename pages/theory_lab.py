@@ -146,7 +146,7 @@ def draw_sweep(seed: int) -> None:
     with st.spinner(f"Drawing {n_chains} chains for each of {len(SWEEP_STATES) * len(SWEEP_ALPHAS)} cells…"):
         result = sweep(int(n_chains), seed)
     st.plotly_chart(heatmap(getattr(result, SWEEP_METRICS[metric]), result.alphas, result.n_states, metric,
-                            "Dirichlet α", "#states", "fraction"), width="stretch", config=CHART_CONFIG,
+                            "Dirichlet α", "#states", "fraction of chains"), width="stretch", config=CHART_CONFIG,
                     key="th_heat")
     st.caption(f"Chains of length {result.length}, initial and transition rows ~ Dirichlet(α·1), seed {seed}. "
                "Peaked rows (small α) make greedy's local choices globally right; flatter rows and more states "

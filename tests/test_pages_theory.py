@@ -66,3 +66,13 @@ def test_classroom_mode(at):
     assert "Greedy is not the mode" in at.markdown[-1].value and "0.64" in at.markdown[-1].value
     at.button(key="th_next").click().run()
     assert "The mode is not Hamming-optimal" in at.markdown[-1].value and "0.71" in at.markdown[-1].value
+
+
+def test_greedy_optimality_heatmap_has_equal_cells(at):
+    import json
+
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert spec["layout"]["xaxis"]["type"] == "category" and spec["layout"]["yaxis"]["type"] == "category"
+    assert spec["data"][0]["x"] == ["0.1", "0.3", "1.0", "3.0", "10.0"] and spec["data"][0]["y"][0] == "2"
+    assert spec["data"][0]["colorbar"]["title"]["text"] == "fraction of chains"
+    assert spec["data"][0]["textfont"]["size"] >= 12
