@@ -19,26 +19,46 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int 
     return fig
 
 
+def display_number(x: float) -> float:
+    """``x`` for display: |x| < 1e-12 becomes 0.0, so a rounding residue never shows as "-0.000"."""
+    return 0.0 if abs(x) < 1e-12 else x
+
+
+def risk_text(m: float) -> str:
+    """A risk's label: 3 significant digits, "∞", or "1 − 2.3e-05" within 1e-3 of 1 (where 3 digits
+    would read as a plain "1" for every decoder)."""
+    if not math.isfinite(m):
+        return "∞"
+    if 0 < 1 - m < 1e-3:
+        return f"1 − {1 - m:.2g}"
+    return f"{display_number(m):.3g}"
+
+
 def risk_bars(labels: Sequence[str], means: Sequence[float], lows: Sequence[float], highs: Sequence[float],
               highlight: Sequence[bool], goal_name: str) -> go.Figure:
     """Expected loss per decoder with 95% CI error bars; infinite risks are drawn as an "∞" label
-    at the top instead of a bar; highlighted bars (the Bayes output) are green."""
+    at the top instead of a bar; highlighted bars (the Bayes output) are green. Value labels sit
+    above the CI's high end, clear of the error bar."""
     finite = [m for m in means if math.isfinite(m)]
     top = max([h for h in highs if math.isfinite(h)] + finite + [1e-9])
     ys = [m if math.isfinite(m) else None for m in means]
+    texts = [risk_text(m) for m in means]
     fig = go.Figure(go.Bar(
         x=list(labels), y=ys,
         error_y={"type": "data", "symmetric": False,
                  "array": [(h - m) if math.isfinite(m) else 0 for m, h in zip(means, highs)],
                  "arrayminus": [(m - lo) if math.isfinite(m) else 0 for m, lo in zip(means, lows)]},
         marker_color=[BAYES_COLOUR if h else BAR_COLOUR for h in highlight],
-        text=[f"{m:.3g}" if math.isfinite(m) else "∞" for m in means], textposition="outside",
-        hovertemplate="%{x}<br>risk %{y:.4f}<extra></extra>",
+        customdata=texts, hovertemplate="%{x}<br>risk %{customdata}<extra></extra>",
     ))
-    for label, m in zip(labels, means):
-        if not math.isfinite(m):
+    for label, m, h, text in zip(labels, means, highs, texts):
+        if math.isfinite(m):  # at the CI's high end (or the bar's top), nudged up: never on the error bar
+            y = h if math.isfinite(h) and h >= m else m
+            fig.add_annotation(x=label, y=y, text=text, showarrow=False, yanchor="bottom", yshift=3,
+                               font={"size": 12})
+        else:
             fig.add_annotation(x=label, y=top, text="∞", showarrow=False, font={"size": 18})
-    fig.update_yaxes(range=[0, top * 1.2])
+    fig.update_yaxes(range=[0, top * 1.25])
     return _layout(fig, f"Expected loss under the goal: {goal_name}", "", "risk (lower is better)")
 
 
