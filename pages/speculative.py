@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -66,13 +65,12 @@ def draw_stats(ctx: Context, result) -> None:
                           margin=dict(l=10, r=10, t=40, b=30), yaxis=dict(title="share", range=[0, 1]),
                           legend=dict(orientation="h", y=-0.2))
         st.plotly_chart(fig, key="spec_accept")
-    table = pd.DataFrame(
+    st.dataframe(
         [{"head": h, "drafts verified": n, "kept / verified": None if math.isnan(a) else round(a, 4),
           "kept / reached": None if math.isnan(c) else round(c, 4)}
          for h, n, a, c in zip(heads, result.drafts_offered, result.acceptance_per_head,
-                               result.conditional_acceptance_per_head)])
-    shares = ["kept / verified", "kept / reached"]  # "—" for a head no draft reached (not a grey "None")
-    st.dataframe(table.style.format("{:.4g}", subset=shares, na_rep="—"), hide_index=True, key="spec_table")
+                               result.conditional_acceptance_per_head)],
+        hide_index=True, key="spec_table", placeholder="—")  # "—", not a grey "None", where no draft got there
 
 
 def draw(ctx: Context) -> None:
