@@ -444,7 +444,9 @@ def _check_architecture(path: Path) -> None:
     model_type = config.get("model_type")
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return
-    allowed = ", ".join(sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))
+    names = sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    common = [n for n in ("gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "smollm3") if n in names]
+    allowed = f"{', '.join(common)} and {len(names) - len(common)} more causal-LM types of transformers"
     if "auto_map" in config:
         raise ValueError(
             f"model in {path} needs its own Python code (config.json has auto_map, model_type {model_type!r}); "
@@ -457,10 +459,15 @@ def _check_architecture(path: Path) -> None:
 def load_local_model(path: str | Path, *, allow_large: bool = False, device: str | torch.device | None = None):
     """A local model as a ``NextTokenModel`` with ``encode``/``decode``.
 
-    ``path``: a directory saved by ``transformers`` (``config.json``, ``*.safetensors``, tokenizer files;
-    not one written by ``core.train``: ``core.engine.load_engine`` reads those) or a ``.gguf`` file.
-    Raises ValueError naming the problem for anything else, and ``ModelTooLargeError`` (a ValueError)
-    when ``check_memory`` warns, unless ``allow_large``."""
+    ``path``: a directory saved by ``transformers`` (``config.json``, ``*.safetensors``, tokenizer files),
+    a ``.gguf`` file, or a multi-head directory written by ``core.train`` (handed to
+    ``core.engine.load_engine``, so its extra heads stay visible). Raises ValueError naming the problem
+    for anything else, and ``ModelTooLargeError`` (a ValueError) when ``check_memory`` warns, unless
+    ``allow_large``."""
+    if isinstance(path, str | Path) and str(path).strip() and _is_mtp_directory(Path(path).expanduser()):
+        from core.engine import load_engine
+
+        return load_engine(Path(path).expanduser(), device=device)
     path = _check_path(path)
     warning = _memory_warning(path)
     if warning and not allow_large:
@@ -468,6 +475,17 @@ def load_local_model(path: str | Path, *, allow_large: bool = False, device: str
     if path.is_file():
         return _load_gguf_engine(path, path.stem, device)
     return HFEngine(*_load_directory(path), name=path.name, device=device)
+
+
+def _is_mtp_directory(path: Path) -> bool:
+    """A directory written by ``core.train`` (model_type ``mtp_decoder``)."""
+    from core.model import MTPConfig
+
+    try:
+        config = json.loads((path / "config.json").read_text()) if path.is_dir() else {}
+        return config.get("model_type") == MTPConfig.model_type
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _load_directory(path: Path):

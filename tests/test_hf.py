@@ -426,3 +426,10 @@ def test_smollm2_decoders_match_generate(smollm2):
         assert list(decoders.Greedy().decode(smollm2, prompt, 8).tokens) == generate_tokens(smollm2, prompt, 8)
         beam = decoders.Beam(3).decode(smollm2, prompt, 8).tokens
         assert list(beam) == generate_tokens(smollm2, prompt, 8, num_beams=3), text
+
+
+def test_a_core_train_directory_loads_as_the_multi_head_engine():
+    from core.engine import DEFAULT_MODEL_DIR, Engine
+
+    engine = load_local_model(str(DEFAULT_MODEL_DIR))
+    assert isinstance(engine, Engine) and engine.n_heads == 4
