@@ -19,9 +19,10 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int 
     return fig
 
 
-def display_number(x: float) -> float:
-    """``x`` for display: |x| < 1e-12 becomes 0.0, so a rounding residue never shows as "-0.000"."""
-    return 0.0 if abs(x) < 1e-12 else x
+def display_number(x: float, decimals: int | None = None) -> float:
+    """``x`` for display, never a negative zero: 0.0 where |x| < 1e-12, or, given the ``decimals``
+    it will be shown with, wherever it would round to zero (a regret of -8.5e-7 would read "-0.000")."""
+    return 0.0 if abs(x) < (1e-12 if decimals is None else 0.5 * 10.0**-decimals) else x
 
 
 def risk_text(m: float) -> str:

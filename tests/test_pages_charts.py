@@ -11,6 +11,9 @@ from pages.charts import display_number, heatmap, risk_bars, risk_text
 def test_display_number_has_no_negative_zero():
     assert f"{display_number(-1e-17):.4f}" == "0.0000" and f"{display_number(-0.0):.3f}" == "0.000"
     assert display_number(-0.25) == -0.25 and display_number(1e-9) == 1e-9
+    assert f"{display_number(-8.5e-7, 3):.3f}" == "0.000" and f"{display_number(-8.5e-7, 4):.4f}" == "0.0000"
+    assert f"{display_number(-4e-4, 3):.3f}" == "0.000" and f"{display_number(-6e-4, 3):.3f}" == "-0.001"
+    assert display_number(-2e-5, 6) == -2e-5
 
 
 def test_risk_text():
