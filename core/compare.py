@@ -26,9 +26,20 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_many
+from core.decoders import (
+    Beam,
+    Fixed,
+    Greedy,
+    Lookahead,
+    Path,
+    Sampling,
+    check_call,
+    sample_groups,
+    sample_many,
+    sum_in_order,
+)
 from core.goals import DistributionMatch
-from core.risk import Estimate, approx_bayes_output, bayes_output, estimate_risk, exact_risk
+from core.risk import Estimate, _derived_seed, approx_bayes_output, bayes_output, estimate_risks, exact_risk
 
 NEURAL_NODE_BUDGET = 256  # best-first expansions per committed token for lookahead on a neural model
 BAYES_NODE_BUDGET = 256  # expansions for the mode search on a neural model (then beam fallback, labelled approximate)
@@ -167,19 +178,32 @@ def _check_mc_budget(goal, steps: int, n_samples: int) -> None:
 def token_ranks(model, prompt: Sequence[int], tokens: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """Each token's log-prob and rank (1 = most likely; ties count in the token's favour) given the
     prompt and the tokens before it: one batched ``logprobs`` call."""
-    prompt, tokens = [int(t) for t in prompt], [int(t) for t in tokens]
-    if not tokens:
-        return (), ()
-    lp = model.logprobs([prompt + tokens[:t] for t in range(len(tokens))]).double()
-    chosen = lp[torch.arange(len(tokens)), torch.as_tensor(tokens)]
-    ranks = 1 + (lp > chosen[:, None]).sum(dim=1)
-    return tuple(chosen.tolist()), tuple(int(r) for r in ranks.tolist())
+    return token_ranks_many(model, prompt, [tokens])[0]
 
 
-def _output(model, prompt, tokens) -> Output:
-    logprobs, ranks = token_ranks(model, prompt, tokens)
-    text = model.decode(list(tokens)) if hasattr(model, "decode") and not is_exact_model(model) else None
-    return Output(tuple(int(t) for t in tokens), logprobs, ranks, text)
+def token_ranks_many(model, prompt: Sequence[int], outputs: Sequence[Sequence[int]]
+                     ) -> list[tuple[tuple[float, ...], tuple[int, ...]]]:
+    """``token_ranks`` of several outputs of the same length from ONE ``logprobs`` call over all
+    their prefixes (each row as in its own call: a model's rows do not depend on the batch)."""
+    prompt = [int(t) for t in prompt]
+    outputs = [[int(t) for t in tokens] for tokens in outputs]
+    steps = len(outputs[0]) if outputs else 0
+    if any(len(o) != steps for o in outputs):
+        raise ValueError("token_ranks_many needs outputs of one length")
+    if not steps:
+        return [((), ()) for _ in outputs]
+    lp = model.logprobs([prompt + o[:t] for o in outputs for t in range(steps)]).double()
+    chosen = lp[torch.arange(lp.shape[0]), torch.as_tensor(outputs).reshape(-1)]
+    ranks = (1 + (lp > chosen[:, None]).sum(dim=1)).reshape(len(outputs), steps)
+    chosen = chosen.reshape(len(outputs), steps)
+    return [(tuple(c.tolist()), tuple(int(r) for r in rk.tolist())) for c, rk in zip(chosen, ranks)]
+
+
+def _outputs(model, prompt, outputs: Sequence[Sequence[int]]) -> list[Output]:
+    """Display rows of several outputs (one ``logprobs`` call for all)."""
+    text = hasattr(model, "decode") and not is_exact_model(model)
+    return [Output(tuple(int(t) for t in tokens), logprobs, ranks, model.decode(list(tokens)) if text else None)
+            for tokens, (logprobs, ranks) in zip(outputs, token_ranks_many(model, prompt, outputs))]
 
 
 def _label(key: str, decoder) -> str:
@@ -192,6 +216,12 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
 
     Exact on toys (``n_samples`` unused); Monte Carlo with ``n_samples`` shared truth rows otherwise.
     ``progress(done, total, what)`` is called before each unit of work. Same inputs, same result.
+
+    Passes over the model are shared: one walk draws the truth rows, every random decoder's Monte
+    Carlo draws and shown draw, and the samples from P (``sample_groups``: each group's rows exactly
+    as its own ``sample_many`` call would draw them); the Bayes output's marginals reuse the truth
+    rows; ``estimate_risks`` scores every decoder in one more walk over them; one ``logprobs`` call
+    gives every displayed output's log-probs and ranks.
     """
     exact = is_exact_model(model)
     prompt = [int(t) for t in prompt]
@@ -208,55 +238,78 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     decoders = lineup(settings, steps, exact)
     total = len(decoders) + 3
     tick = progress or (lambda done, total, what: None)
+    is_dm = isinstance(goal, DistributionMatch)
+
+    paths: dict[str, Path] = {}
+    for i, (key, decoder) in enumerate(decoders):
+        if not decoder.is_random:
+            tick(i, total, _label(key, decoder))
+            paths[key] = decoder.decode(model, prompt, steps, seed)
+
+    # one walk for every draw: truth rows (when an estimator needs them: 0-1 needs none, a fixed
+    # output's risk is 1 − P(ŷ) and a sampler's E_r[1 − P(Ŷ)] uses its own draws), the random
+    # decoders' own Monte Carlo draws (pointwise goals), their shown draw, and the samples from P
+    tick(len(decoders), total, "sampling")
+    random = [(key, d) for key, d in decoders if d.is_random]
+    if is_dm:
+        random.append(("bayes", Sampling()))
+    needs_truth = not exact and (is_dm or goal.window(steps) < steps)
+    groups: list[tuple[str, tuple]] = [("truth", (n_samples, seed, None))] if needs_truth else []
+    if not exact and not is_dm:
+        groups += [(("mc", key), (n_samples, _derived_seed(seed), d)) for key, d in random]
+    groups += [(("shown", key), (1, seed, d)) for key, d in random]
+    if settings.shown_samples:
+        groups.append(("samples", (settings.shown_samples, seed + 1, None)))
+    drawn = dict(zip([g for g, _ in groups], sample_groups(model, prompt, steps, [spec for _, spec in groups])))
+    truth = drawn.get("truth")
+    for key, _ in random:
+        paths[key] = drawn[("shown", key)].paths()[0]
 
     tick(0, total, "the goal's Bayes output")
-    is_dm = isinstance(goal, DistributionMatch)
     if is_dm:  # the Bayes decoder is P itself: sampling at τ = 1
         bayes, bayes_exact = Sampling(), True
         method = "sampling from P (τ = 1) is the Bayes decoder for distribution matching"
     elif exact:
         bayes, bayes_exact, method = Fixed(bayes_output(goal, model, steps)), True, "exact (enumeration)"
     else:
-        res = approx_bayes_output(goal, model, prompt, steps, n_samples, seed, node_budget=BAYES_NODE_BUDGET)
+        res = approx_bayes_output(goal, model, prompt, steps, n_samples, seed, node_budget=BAYES_NODE_BUDGET,
+                                  truth_samples=truth)
         bayes, bayes_exact, method = Fixed(res.tokens), res.exact, res.method
-    # truth rows shared by every decoder, drawn only when some estimator needs them (0-1 needs none:
-    # a fixed output's risk is 1 − P(ŷ), a sampler's E_r[1 − P(Ŷ)] uses its own draws)
-    needs_truth = not exact and (is_dm or goal.window(steps) < steps)
-    truth = sample_many(model, prompt, steps, n_samples, seed) if needs_truth else None
+    lineup_all = [*decoders, ("bayes", bayes)]
 
-    def risk(decoder, path: Path | None) -> Estimate:
-        if exact:
-            return Estimate.exact_value(exact_risk(goal, model, decoder, steps), "exact")
-        return estimate_risk(goal, model, decoder, prompt, steps, n_samples, seed, truth_samples=truth,
-                             output=None if decoder.is_random else path)
+    shown = drawn["samples"].paths() if settings.shown_samples else []
+    keys = [key for key, _ in lineup_all]
+    token_rows = [paths[key].tokens if key in paths else bayes.tokens for key in keys]
+    outputs = _outputs(model, prompt, token_rows + [p.tokens for p in shown])
+    if "bayes" not in paths:  # a fixed output, teacher-forced: its log-probs are those just computed
+        lps = torch.tensor(outputs[len(keys) - 1].step_logprobs, dtype=torch.float64)
+        paths["bayes"] = Path(tuple(bayes.tokens), float(sum_in_order(lps)), tuple(lps.tolist()))
 
-    scored = []
-    for i, (key, decoder) in enumerate([*decoders, ("bayes", bayes)]):
-        tick(i + 1, total, _label(key, decoder) if key != "bayes" else "the Bayes output's risk")
-        path = decoder.decode(model, prompt, steps, seed)
+    tick(len(decoders) + 1, total, "risks")
+    if exact:
+        risks = [Estimate.exact_value(exact_risk(goal, model, d, steps), "exact") for _, d in lineup_all]
+    else:
+        draws = [drawn.get(("mc", key)) for key, _ in lineup_all]
+        risks = estimate_risks(goal, model, [d for _, d in lineup_all], prompt, steps, n_samples, seed,
+                               truth_samples=truth, outputs=[None if d.is_random else paths[key]
+                                                             for key, d in lineup_all], draws=draws)
+    bayes_risk = risks[-1].mean
+
+    rows = []
+    for (key, decoder), est, out in zip(lineup_all, risks, outputs):
+        path = paths[key]
         note = ""
         if getattr(path, "budget_exhausted", False):
             note = (f"node budget of {decoder.node_budget} per token reached: the output is the best found, its "
                     f"windows within {path.bound:.3g} nats of the exact lookahead windows")
-        scored.append((key, decoder, path, risk(decoder, path), note))
-    bayes_risk = scored[-1][3].mean
-
-    rows = []
-    for key, decoder, path, est, note in scored:
         label = _label(key, decoder)
         if key == "bayes":
             label = "Bayes decoder (sampling from P)" if is_dm else f"Bayes output ({goal.name})"
         regret = est.mean - bayes_risk if math.isfinite(est.mean) else math.inf
-        rows.append(Row(key, label, repr(decoder), decoder.is_random, _output(model, prompt, path.tokens), est,
-                        regret, note or est.note))
-    tick(total - 1, total, "samples from P")
-    samples = ()
-    if settings.shown_samples:
-        drawn = sample_many(model, prompt, steps, settings.shown_samples, seed + 1)
-        samples = tuple(_output(model, prompt, p.tokens) for p in drawn.paths())
+        rows.append(Row(key, label, repr(decoder), decoder.is_random, out, est, regret, note or est.note))
     tick(total, total, "done")
-    return Comparison(tuple(rows), samples, goal.name, steps, seed, 0 if exact else n_samples, exact, bayes_exact,
-                      method)
+    return Comparison(tuple(rows), tuple(outputs[len(keys):]), goal.name, steps, seed, 0 if exact else n_samples,
+                      exact, bayes_exact, method)
 
 
 def empirical_distribution(model, sampler: Sampling, steps: int, n: int, seed: int) -> dict[tuple[int, ...], float]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -278,16 +278,54 @@ def sample_many(model: NextTokenModel, prompt: Sequence[int], steps: int, n: int
     itself), batched: one forward per step for all rows (the model's KV cache via
     ``start_session``). Returns a ``Samples`` (tokens [n, steps] plus model and sampler log-probs);
     ``.paths()`` gives one ``Path`` per row. Same seed, same rows."""
+    return sample_groups(model, prompt, steps, [(n, seed, sampler)])[0]
+
+
+def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
+                  groups: Sequence[tuple[int, int, Sampling | None]],
+                  observe: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> list[Samples]:
+    """Several ``sample_many`` draws in one walk: group g = (n, seed, sampler) holds rows
+    [n_0 + ... + n_(g-1), ... + n_g) of one session, warped by its own sampler and drawn with its own
+    generator (one uniform per row and step, as ``sample_many`` draws), so each group's rows are
+    ``sample_many(model, prompt, steps, n, seed, sampler)``'s: bitwise where the model's rows do not
+    depend on the batch around them (the shipped engine on CPU, measured), else up to the last bit of
+    float32 rounding (tokens then differ only if a uniform falls within it of a bucket boundary).
+    ``observe(t, logprobs, tokens)``, if
+    given, sees every step's [sum n, V] log-probs and the [sum n] tokens about to be appended."""
     prompt = check_call(model, prompt, steps)
-    if not _is_int(n) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if not groups:
+        raise ValueError("groups must hold at least one (n, seed, sampler)")
+    for n, seed, _ in groups:
+        if not _is_int(n) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        _check_seed(seed)
+    gens = [torch.Generator().manual_seed(int(seed)) for _, seed, _ in groups]
+    samplers = [sampler or Sampling() for _, _, sampler in groups]
+    bounds = np.cumsum([0] + [int(n) for n, _, _ in groups]).tolist()
+    total = bounds[-1]
     toks, lps, wlps = [], [], []
-    for step in walk(model, prompt, steps, n, seed=seed, sampler=sampler):
-        idx = step.tokens[:, None]
-        toks.append(step.tokens)
-        lps.append(step.logprobs.gather(1, idx).squeeze(1).double())
-        wlps.append(step.warped.gather(1, idx).squeeze(1).double())
-    return Samples(torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(wlps, 1))
+    session = start_session(model, prompt, batch=total, steps=steps)
+    for t in range(steps):
+        lp = session.last
+        chosen, step_lp, step_wlp = [], [], []
+        for g, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            rows = lp[a:b] if len(groups) > 1 else lp
+            warped = samplers[g].warp(rows)
+            tok = draw(warped, gens[g])
+            idx = tok[:, None]
+            chosen.append(tok)
+            step_lp.append(rows.gather(1, idx).squeeze(1).double())
+            step_wlp.append(warped.gather(1, idx).squeeze(1).double())
+        chosen_all = torch.cat(chosen) if len(groups) > 1 else chosen[0]
+        if observe is not None:
+            observe(t, lp, chosen_all)
+        toks.append(chosen)
+        lps.append(step_lp)
+        wlps.append(step_wlp)
+        if t + 1 < steps:
+            session.advance(chosen_all.tolist())
+    return [Samples(torch.stack([s[g] for s in toks], 1), torch.stack([s[g] for s in lps], 1),
+                    torch.stack([s[g] for s in wlps], 1)) for g in range(len(groups))]
 
 
 @dataclass(frozen=True)

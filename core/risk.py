@@ -40,7 +40,7 @@ from core.decoders import (
     Sampling,
     best_first_search,
     check_call,
-    sample_many,
+    sample_groups,
     sum_in_order,
     top_indices,
     walk,
@@ -231,10 +231,29 @@ def _window_hits(model, prompt, steps: int, n: int, targets: torch.Tensor, targe
     """[n_samples, W]: P(Y_{t:t+n-1} = target window t | Y_<t) for truth rows Y (t = 0 needs no Y).
 
     targets / target_lps: [1 or n_samples, steps] target tokens and their model log-probs."""
+    return _window_hits_many(model, prompt, steps, n, [(targets, target_lps)], n_samples, seed, truth_samples)[0]
+
+
+FORK_ROWS = 4096  # rows teacher-forced at once through the N-gram windows (targets x truth rows)
+
+
+def _window_hits_many(model, prompt, steps: int, n: int, targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                      n_samples: int, seed: int, truth_samples: Samples | None) -> list[torch.Tensor]:
+    """``_window_hits`` for several target sets in one walk over the truth rows: entry d is exactly
+    ``_window_hits(..., *targets[d], ...)``. At each step the truth rows' log-probs give every target's
+    first window token at once; the N-1 forced tokens after it run as one fork of (targets x truth
+    rows), in chunks of at most ``FORK_ROWS`` rows (a row's log-probs do not depend on its batch)."""
     n_windows = steps - n + 1
-    hits = torch.empty(n_samples, n_windows, dtype=torch.float64)
-    hits[:, 0] = sum_in_order(target_lps[:, :n]).exp()
-    targets = targets.expand(n_samples, -1)
+    hits, tgts = [], []
+    for tok, lps in targets:
+        h = torch.empty(n_samples, n_windows, dtype=torch.float64)
+        h[:, 0] = sum_in_order(lps[:, :n]).exp()
+        hits.append(h)
+        tgts.append(tok.expand(n_samples, -1))
+    if n_windows == 1 or not targets:
+        return hits
+    per_fork = max(1, FORK_ROWS // n_samples)
+    chunks = [range(a, min(a + per_fork, len(tgts))) for a in range(0, len(tgts), per_fork)]
     forced = None if truth_samples is None else truth_samples.tokens
     for step in walk(model, prompt, steps, n_samples, seed=seed, tokens=forced):
         if step.t >= n_windows:
@@ -242,13 +261,18 @@ def _window_hits(model, prompt, steps: int, n: int, targets: torch.Tensor, targe
         if step.t == 0:
             continue
         t = step.t
-        acc = step.logprobs.gather(1, targets[:, t : t + 1]).squeeze(1).double()
+        accs = [step.logprobs.gather(1, tg[:, t : t + 1]).squeeze(1).double() for tg in tgts]
         if n > 1:
-            fork = step.session.select(range(n_samples))
-            for k in range(1, n):
-                fork.advance(targets[:, t + k - 1].tolist())
-                acc = acc + fork.last.double().gather(1, targets[:, t + k : t + k + 1]).squeeze(1)
-        hits[:, t] = acc.exp()
+            for chunk in chunks:
+                fork = step.session.select(list(range(n_samples)) * len(chunk))
+                for k in range(1, n):
+                    fork.advance(torch.cat([tgts[d][:, t + k - 1] for d in chunk]).tolist())
+                    last = fork.last.double()
+                    for j, d in enumerate(chunk):
+                        rows = last[j * n_samples : (j + 1) * n_samples]
+                        accs[d] = accs[d] + rows.gather(1, tgts[d][:, t + k : t + k + 1]).squeeze(1)
+        for h, acc in zip(hits, accs):
+            h[:, t] = acc.exp()
     return hits
 
 
@@ -265,23 +289,33 @@ class _SamplerStats:
 
 def _sampler_stats(model, sampler: Sampling, prompt, steps: int, n_samples: int, seed: int,
                    truth_samples: Samples | None) -> _SamplerStats:
+    return _sampler_stats_many(model, [sampler], prompt, steps, n_samples, seed, truth_samples)[0]
+
+
+def _sampler_stats_many(model, samplers: Sequence[Sampling], prompt, steps: int, n_samples: int, seed: int,
+                        truth_samples: Samples | None) -> list[_SamplerStats]:
+    """``_sampler_stats`` of several samplers from one walk over the truth rows."""
     logp = torch.zeros(n_samples, dtype=torch.float64)
-    logr = torch.zeros_like(logp)
-    cut = torch.zeros_like(logp)
-    alive = torch.ones(n_samples, dtype=torch.bool)
-    any_cut = False
+    logr = [torch.zeros_like(logp) for _ in samplers]
+    cut = [torch.zeros_like(logp) for _ in samplers]
+    alive = [torch.ones(n_samples, dtype=torch.bool) for _ in samplers]
+    any_cut = [False for _ in samplers]
     forced = None if truth_samples is None else truth_samples.tokens
     for step in walk(model, prompt, steps, n_samples, seed=seed, tokens=forced):
-        warped = sampler.warp(step.logprobs)
         idx = step.tokens[:, None]
         logp += step.logprobs.gather(1, idx).squeeze(1).double()
-        wr = warped.gather(1, idx).squeeze(1).double()
-        logr += wr
-        cut_here = step.logprobs.exp().masked_fill(warped > -math.inf, 0.0).sum(1, dtype=torch.float64)
-        any_cut = any_cut or bool((cut_here > 0).any())
-        cut += alive * cut_here
-        alive &= wr > -math.inf
-    return _SamplerStats(logp, logr, cut, any_cut)
+        probs = None
+        for i, sampler in enumerate(samplers):
+            warped = sampler.warp(step.logprobs)
+            wr = warped.gather(1, idx).squeeze(1).double()
+            logr[i] += wr
+            if probs is None:
+                probs = step.logprobs.exp()
+            cut_here = probs.masked_fill(warped > -math.inf, 0.0).sum(1, dtype=torch.float64)
+            any_cut[i] = any_cut[i] or bool((cut_here > 0).any())
+            cut[i] += alive[i] * cut_here
+            alive[i] &= wr > -math.inf
+    return [_SamplerStats(logp.clone(), lr, c, ac) for lr, c, ac in zip(logr, cut, any_cut)]
 
 
 def truncated_mass(model, sampler: Sampling, prompt: Sequence[int], steps: int, n_samples: int, seed: int, *,
@@ -325,33 +359,80 @@ def estimate_risk(goal, model, decoder, prompt: Sequence[int], steps: int, n_sam
             truth draws (share one batch across decoders); by default drawn with ``seed`` exactly so.
         output: optional already-decoded Path of a deterministic decoder (saves decoding again).
     """
+    return estimate_risks(goal, model, [decoder], prompt, steps, n_samples, seed, truth_samples=truth_samples,
+                          outputs=[output])[0]
+
+
+def estimate_risks(goal, model, decoders: Sequence, prompt: Sequence[int], steps: int, n_samples: int, seed: int,
+                   *, truth_samples: Samples | None = None, outputs: Sequence[Path | None] | None = None,
+                   draws: Sequence[Samples | None] | None = None) -> list[Estimate]:
+    """``estimate_risk`` of every decoder, sharing the passes over the model: equal, number for
+    number, to ``[estimate_risk(goal, model, d, prompt, steps, n_samples, seed, truth_samples=...,
+    output=o) for d, o in zip(decoders, outputs)]`` (bitwise where the model's rows do not depend on
+    the batch around them, as the shipped engine's on CPU; else up to float32 rounding of the grouped
+    draws and forks).
+
+    One walk over the truth rows scores every decoder (each step's truth log-probs give all targets'
+    window probabilities at once; N-gram windows teacher-force all targets as one fork), the random
+    decoders' own draws are drawn in one walk (``sample_groups``, each decoder's rows exactly as
+    ``sample_many(..., _derived_seed(seed), decoder)``), and all samplers' divergence statistics come
+    from one walk.
+
+    Args:
+        outputs: per decoder, None or its already-decoded Path (deterministic decoders only).
+        draws: per decoder, None or its already-drawn ``sample_many(model, prompt, steps, n_samples,
+            _derived_seed(seed), decoder)`` rows (random decoders, pointwise goals only).
+    """
     prompt = check_call(model, prompt, steps)
     _check_mc(n_samples, seed, truth_samples, steps)
-    if output is None and not decoder.is_random:
-        output = decoder.decode(model, prompt, steps)
+    decoders = list(decoders)
+    outputs = list(outputs) if outputs is not None else [None] * len(decoders)
+    draws = list(draws) if draws is not None else [None] * len(decoders)
+    if len(outputs) != len(decoders) or len(draws) != len(decoders):
+        raise ValueError(f"outputs and draws must hold one entry per decoder ({len(decoders)})")
+    outputs = [o if o is not None or d.is_random else d.decode(model, prompt, steps) for d, o in zip(decoders, outputs)]
+    result: list[Estimate | None] = [None] * len(decoders)
     if isinstance(goal, DistributionMatch):
-        if not decoder.is_random:
-            return _divergence_of_output(goal, output)
-        return _divergence_of_sampler(goal, _sampler_stats(model, decoder, prompt, steps, n_samples, seed,
-                                                           truth_samples))
+        random = [i for i, d in enumerate(decoders) if d.is_random]
+        for i, d in enumerate(decoders):
+            if not d.is_random:
+                result[i] = _divergence_of_output(goal, outputs[i])
+        if random:
+            stats = _sampler_stats_many(model, [decoders[i] for i in random], prompt, steps, n_samples, seed,
+                                        truth_samples)
+            for i, st in zip(random, stats):
+                result[i] = _divergence_of_sampler(goal, st)
+        return result
     n = goal.window(steps)
     n_windows = steps - n + 1
-    if decoder.is_random:
-        drawn = sample_many(model, prompt, steps, n_samples, _derived_seed(seed), decoder)
-        targets, target_lps = drawn.tokens, drawn.step_logprobs
-    else:
-        if n_windows == 1:
-            return Estimate.exact_value(1.0 - math.exp(output.logprob), "1 − P(ŷ), exact")
-        targets = torch.tensor([output.tokens], dtype=torch.long)
-        target_lps = torch.tensor([output.step_logprobs], dtype=torch.float64)
-    hits = _window_hits(model, prompt, steps, n, targets, target_lps, n_samples, seed, truth_samples)
-    return Estimate.from_values(n_windows - hits.sum(1), "Rao-Blackwellised over each window's probability")
+    missing = [i for i, d in enumerate(decoders) if d.is_random and draws[i] is None]
+    if missing:
+        ds = _derived_seed(seed)
+        for i, drawn in zip(missing, sample_groups(model, prompt, steps, [(n_samples, ds, decoders[i])
+                                                                          for i in missing])):
+            draws[i] = drawn
+    scored, targets = [], []
+    for i, d in enumerate(decoders):
+        if d.is_random:
+            targets.append((draws[i].tokens, draws[i].step_logprobs))
+        elif n_windows == 1:
+            result[i] = Estimate.exact_value(1.0 - math.exp(outputs[i].logprob), "1 − P(ŷ), exact")
+            continue
+        else:
+            targets.append((torch.tensor([outputs[i].tokens], dtype=torch.long),
+                            torch.tensor([outputs[i].step_logprobs], dtype=torch.float64)))
+        scored.append(i)
+    hits = _window_hits_many(model, prompt, steps, n, targets, n_samples, seed, truth_samples)
+    for i, h in zip(scored, hits):
+        result[i] = Estimate.from_values(n_windows - h.sum(1), "Rao-Blackwellised over each window's probability")
+    return result
 
 
 # ---- approximate Bayes outputs, on any model ------------------------------------------------------
 
 
-def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int, seed: int):
+def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int, seed: int,
+                              truth_samples: Samples | None = None):
     """Estimated window marginals over per-position candidate tokens.
 
     Candidates at position s: the m tokens of highest Rao-Blackwellised marginal
@@ -360,7 +441,8 @@ def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int,
     vocab = model.vocab_size
     m = int(max(2, min(vocab, 16, math.floor((MAX_WINDOW_CELLS / n_samples) ** (1 / n)))))
     cands, probs, toks = [], [], []
-    for step in walk(model, prompt, steps, n_samples, seed=seed):
+    forced = None if truth_samples is None else truth_samples.tokens
+    for step in walk(model, prompt, steps, n_samples, seed=seed, tokens=forced):
         p = step.logprobs.exp()
         c = top_indices(p.mean(0, dtype=torch.float64), m)
         cands.append(c)
@@ -378,17 +460,19 @@ def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int,
 
 
 def approx_bayes_output(goal, model, prompt: Sequence[int], steps: int, n_samples: int, seed: int,
-                        node_budget: int = 4096) -> BayesResult:
+                        node_budget: int = 4096, *, truth_samples: Samples | None = None) -> BayesResult:
     """A Bayes output under a model too large to enumerate, saying whether it is exact.
 
     0-1: the mode by best-first search within ``node_budget`` expansions (exact when it finishes),
     else the better of the search's candidate and beam search (width ``BEAM_FALLBACK``).
     Hamming / N-gram: DP over window marginals estimated from ``n_samples`` Rao-Blackwellised
     truth samples (``_sampled_window_marginals``); approximate. DistributionMatch: the Bayes decoder
-    is P itself, so the result is one draw at temperature 1.
+    is P itself, so the result is one draw at temperature 1. ``truth_samples``: the
+    ``sample_many(model, prompt, steps, n_samples, seed)`` rows if already drawn (same result, one
+    pass fewer).
     """
     prompt = check_call(model, prompt, steps)
-    _check_mc(n_samples, seed, None, steps)
+    _check_mc(n_samples, seed, truth_samples, steps)
     if isinstance(goal, DistributionMatch):
         path = Sampling().decode(model, prompt, steps, seed)
         return BayesResult(path.tokens, True, "one draw from P at temperature 1: for distribution matching the "
@@ -403,7 +487,7 @@ def approx_bayes_output(goal, model, prompt: Sequence[int], steps: int, n_sample
         return BayesResult(tokens, False, f"best-first search hit its budget of {node_budget} nodes "
                                           f"(log P(mode) ≤ {res.bound:.3f}); best of its candidate and beam "
                                           f"search (width {BEAM_FALLBACK})")
-    est, cands, m = _sampled_window_marginals(model, prompt, steps, n, n_samples, seed)
+    est, cands, m = _sampled_window_marginals(model, prompt, steps, n, n_samples, seed, truth_samples)
     idx = max_window_sum(est[None], m, n)[0]
     tokens = tuple(int(cands[s, j]) for s, j in enumerate(idx))
     what = "per-position marginal mode" if n == 1 else f"{n}-gram DP optimum"
