@@ -39,7 +39,15 @@ from core.decoders import (
     sum_in_order,
 )
 from core.goals import DistributionMatch
-from core.risk import Estimate, _derived_seed, approx_bayes_output, bayes_output, estimate_risks, exact_risk
+from core.risk import (
+    Estimate,
+    WindowMarginals,
+    _derived_seed,
+    approx_bayes_output,
+    bayes_output,
+    estimate_risks,
+    exact_risk,
+)
 
 NEURAL_NODE_BUDGET = 256  # best-first expansions per committed token for lookahead on a neural model
 BAYES_NODE_BUDGET = 256  # expansions for the mode search on a neural model (then beam fallback, labelled approximate)
@@ -218,9 +226,9 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     ``progress(done, total, what)`` is called before each unit of work. Same inputs, same result.
 
     Passes over the model are shared: one walk draws the truth rows, every random decoder's Monte
-    Carlo draws and shown draw, and the samples from P (``sample_groups``: each group's rows exactly
-    as its own ``sample_many`` call would draw them); the Bayes output's marginals reuse the truth
-    rows; ``estimate_risks`` scores every decoder in one more walk over them; one ``logprobs`` call
+    Carlo draws and shown draw, and the samples from P (``sample_groups``: each group's rows as its
+    own ``sample_many`` call would draw them); the Bayes output's window marginals are accumulated in
+    that walk; ``estimate_risks`` scores every decoder in one more walk over the truth rows; one ``logprobs`` call
     gives every displayed output's log-probs and ranks.
     """
     exact = is_exact_model(model)
@@ -260,7 +268,16 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     groups += [(("shown", key), (1, seed, d)) for key, d in random]
     if settings.shown_samples:
         groups.append(("samples", (settings.shown_samples, seed + 1, None)))
-    drawn = dict(zip([g for g, _ in groups], sample_groups(model, prompt, steps, [spec for _, spec in groups])))
+    marginals = None
+    if needs_truth and not is_dm:  # the Bayes output's window marginals, from the truth rows as drawn
+        marginals = WindowMarginals(model.vocab_size, steps, goal.window(steps), n_samples)
+
+    def observe(t, logprobs, tokens):
+        if marginals is not None:
+            marginals.observe(t, logprobs[:n_samples], tokens[:n_samples])
+
+    specs = [spec for _, spec in groups]
+    drawn = dict(zip([g for g, _ in groups], sample_groups(model, prompt, steps, specs, observe=observe)))
     truth = drawn.get("truth")
     for key, _ in random:
         paths[key] = drawn[("shown", key)].paths()[0]
@@ -273,7 +290,7 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
         bayes, bayes_exact, method = Fixed(bayes_output(goal, model, steps)), True, "exact (enumeration)"
     else:
         res = approx_bayes_output(goal, model, prompt, steps, n_samples, seed, node_budget=BAYES_NODE_BUDGET,
-                                  truth_samples=truth)
+                                  truth_samples=truth, marginals=marginals)
         bayes, bayes_exact, method = Fixed(res.tokens), res.exact, res.method
     lineup_all = [*decoders, ("bayes", bayes)]
 

@@ -431,36 +431,59 @@ def estimate_risks(goal, model, decoders: Sequence, prompt: Sequence[int], steps
 # ---- approximate Bayes outputs, on any model ------------------------------------------------------
 
 
-def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int, seed: int,
-                              truth_samples: Samples | None = None):
-    """Estimated window marginals over per-position candidate tokens.
+class WindowMarginals:
+    """Estimated window marginals over per-position candidate tokens, accumulated one step of truth
+    rows at a time (``observe``), so any walk over the truth rows can feed them.
 
     Candidates at position s: the m tokens of highest Rao-Blackwellised marginal
     mean_i p(. | Y_i,<s). Window t's estimate: mean_i 1[Y_i,t:t+n-2 = w_0..w_{n-2}] ·
-    p(w_{n-1} | Y_i,<t+n-1), unbiased for P(window t = w). Returns ([W, m**n], candidates [steps, m])."""
-    vocab = model.vocab_size
-    m = int(max(2, min(vocab, 16, math.floor((MAX_WINDOW_CELLS / n_samples) ** (1 / n)))))
-    cands, probs, toks = [], [], []
+    p(w_{n-1} | Y_i,<t+n-1), unbiased for P(window t = w)."""
+
+    def __init__(self, vocab: int, steps: int, n: int, n_samples: int):
+        self.steps, self.n, self.n_samples = steps, n, n_samples
+        self.m = int(max(2, min(vocab, 16, math.floor((MAX_WINDOW_CELLS / n_samples) ** (1 / n)))))
+        self.cands, self.probs, self.toks = [], [], []
+
+    def observe(self, t: int, logprobs: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Step t's [n_samples, V] truth log-probs and the [n_samples] truth tokens at t."""
+        if t != len(self.cands):
+            raise ValueError(f"steps must be observed in order: expected {len(self.cands)}, got {t}")
+        p = logprobs.exp()
+        c = top_indices(p.mean(0, dtype=torch.float64), self.m)
+        self.cands.append(c)
+        self.probs.append(p[:, c].double())
+        self.toks.append(tokens)
+
+    def result(self):
+        """([W, m**n] window estimates, candidates [steps, m] as numpy, m)."""
+        if len(self.cands) != self.steps:
+            raise ValueError(f"all {self.steps} steps must be observed, got {len(self.cands)}")
+        n, n_samples = self.n, self.n_samples
+        match = [(tok[:, None] == c[None, :]).double() for tok, c in zip(self.toks, self.cands)]
+        est = []
+        for t in range(self.steps - n + 1):
+            acc = torch.ones(n_samples, 1, dtype=torch.float64)
+            for k in range(n):
+                factor = self.probs[t + k] if k == n - 1 else match[t + k]
+                acc = (acc[:, :, None] * factor[:, None, :]).reshape(n_samples, -1)
+            est.append(acc.mean(0))
+        return torch.stack(est).numpy(), torch.stack(self.cands).numpy(), self.m
+
+
+def _sampled_window_marginals(model, prompt, steps: int, n: int, n_samples: int, seed: int,
+                              truth_samples: Samples | None = None):
+    """``WindowMarginals`` of ``n_samples`` truth rows drawn with ``seed`` as ``sample_many`` draws
+    them, or of ``truth_samples`` (the same rows, no new draw)."""
+    acc = WindowMarginals(model.vocab_size, steps, n, n_samples)
     forced = None if truth_samples is None else truth_samples.tokens
     for step in walk(model, prompt, steps, n_samples, seed=seed, tokens=forced):
-        p = step.logprobs.exp()
-        c = top_indices(p.mean(0, dtype=torch.float64), m)
-        cands.append(c)
-        probs.append(p[:, c].double())
-        toks.append(step.tokens)
-    match = [(tok[:, None] == c[None, :]).double() for tok, c in zip(toks, cands)]
-    est = []
-    for t in range(steps - n + 1):
-        acc = torch.ones(n_samples, 1, dtype=torch.float64)
-        for k in range(n):
-            factor = probs[t + k] if k == n - 1 else match[t + k]
-            acc = (acc[:, :, None] * factor[:, None, :]).reshape(n_samples, -1)
-        est.append(acc.mean(0))
-    return torch.stack(est).numpy(), torch.stack(cands).numpy(), m
+        acc.observe(step.t, step.logprobs, step.tokens)
+    return acc.result()
 
 
 def approx_bayes_output(goal, model, prompt: Sequence[int], steps: int, n_samples: int, seed: int,
-                        node_budget: int = 4096, *, truth_samples: Samples | None = None) -> BayesResult:
+                        node_budget: int = 4096, *, truth_samples: Samples | None = None,
+                        marginals: WindowMarginals | None = None) -> BayesResult:
     """A Bayes output under a model too large to enumerate, saying whether it is exact.
 
     0-1: the mode by best-first search within ``node_budget`` expansions (exact when it finishes),
@@ -469,7 +492,8 @@ def approx_bayes_output(goal, model, prompt: Sequence[int], steps: int, n_sample
     truth samples (``_sampled_window_marginals``); approximate. DistributionMatch: the Bayes decoder
     is P itself, so the result is one draw at temperature 1. ``truth_samples``: the
     ``sample_many(model, prompt, steps, n_samples, seed)`` rows if already drawn (same result, one
-    pass fewer).
+    pass fewer). ``marginals``: a ``WindowMarginals`` already fed with every step of those rows
+    (Hamming / N-gram; then no walk at all).
     """
     prompt = check_call(model, prompt, steps)
     _check_mc(n_samples, seed, truth_samples, steps)
@@ -487,7 +511,13 @@ def approx_bayes_output(goal, model, prompt: Sequence[int], steps: int, n_sample
         return BayesResult(tokens, False, f"best-first search hit its budget of {node_budget} nodes "
                                           f"(log P(mode) ≤ {res.bound:.3f}); best of its candidate and beam "
                                           f"search (width {BEAM_FALLBACK})")
-    est, cands, m = _sampled_window_marginals(model, prompt, steps, n, n_samples, seed, truth_samples)
+    if marginals is not None:
+        if (marginals.steps, marginals.n, marginals.n_samples) != (steps, n, n_samples):
+            raise ValueError(f"marginals must be of {steps} steps, window {n} and {n_samples} samples, got "
+                             f"{marginals.steps}, {marginals.n} and {marginals.n_samples}")
+        est, cands, m = marginals.result()
+    else:
+        est, cands, m = _sampled_window_marginals(model, prompt, steps, n, n_samples, seed, truth_samples)
     idx = max_window_sum(est[None], m, n)[0]
     tokens = tuple(int(cands[s, j]) for s, j in enumerate(idx))
     what = "per-position marginal mode" if n == 1 else f"{n}-gram DP optimum"

@@ -19,7 +19,14 @@ import core.risk as risk_mod
 from core.compare import DecoderSettings, compare, lineup, token_ranks, token_ranks_many
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Sampling, sample_groups, sample_many
 from core.goals import DistributionMatch, Hamming, NGramHamming, ZeroOne
-from core.risk import _derived_seed, approx_bayes_output, estimate_risk, estimate_risks
+from core.risk import (
+    WindowMarginals,
+    _derived_seed,
+    _sampled_window_marginals,
+    approx_bayes_output,
+    estimate_risk,
+    estimate_risks,
+)
 from core.toy import random_markov_chain
 
 GOALS = [ZeroOne(), Hamming(), NGramHamming(2), NGramHamming(3), DistributionMatch("kl"), DistributionMatch("tv")]
@@ -157,3 +164,20 @@ def test_compare_reports_what_the_separate_calls_report(tiny_engine, prompt, goa
     assert [s.tokens for s in result.samples] == [p.tokens for p in shown]
     assert [(s.step_logprobs, s.ranks) for s in result.samples] == [token_ranks(tiny_engine, prompt, p.tokens)
                                                                       for p in shown]
+
+
+def test_window_marginals_fed_by_a_sampling_walk_equal_the_teacher_forced_ones(tiny_engine, prompt):
+    steps, n, seed = 4, 16, 2
+    acc = WindowMarginals(tiny_engine.vocab_size, steps, 2, n)
+    sample_groups(tiny_engine, prompt, steps, [(n, seed, None)], observe=acc.observe)
+    est, cands, m = acc.result()
+    want = _sampled_window_marginals(tiny_engine, prompt, steps, 2, n, seed)
+    assert m == want[2] and (cands == want[1]).all() and (est == want[0]).all()
+    res = approx_bayes_output(NGramHamming(2), tiny_engine, prompt, steps, n, seed, marginals=acc)
+    assert res == approx_bayes_output(NGramHamming(2), tiny_engine, prompt, steps, n, seed)
+    with pytest.raises(ValueError, match="marginals must be of 4 steps, window 1"):
+        approx_bayes_output(Hamming(), tiny_engine, prompt, steps, n, seed, marginals=acc)
+    with pytest.raises(ValueError, match="in order"):
+        WindowMarginals(tiny_engine.vocab_size, steps, 2, n).observe(1, torch.zeros(n, 3), torch.zeros(n))
+    with pytest.raises(ValueError, match="all 4 steps"):
+        WindowMarginals(tiny_engine.vocab_size, steps, 2, n).result()
