@@ -274,7 +274,7 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
 
     def observe(t, logprobs, tokens):
         if marginals is not None:
-            marginals.observe(t, logprobs[:n_samples], tokens[:n_samples])
+            marginals.observe(t, logprobs, tokens)  # the first group: the truth rows
 
     specs = [spec for _, spec in groups]
     drawn = dict(zip([g for g, _ in groups], sample_groups(model, prompt, steps, specs, observe=observe)))

@@ -290,8 +290,8 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
     ``sample_many(model, prompt, steps, n, seed, sampler)``'s: bitwise where the model's rows do not
     depend on the batch around them (the shipped engine on CPU, measured), else up to the last bit of
     float32 rounding (tokens then differ only if a uniform falls within it of a bucket boundary).
-    ``observe(t, logprobs, tokens)``, if
-    given, sees every step's [sum n, V] log-probs and the [sum n] tokens about to be appended."""
+    Groups share a walk up to ``GROUP_ROWS`` rows. ``observe(t, logprobs, tokens)``, if given, sees
+    the first group's [n, V] log-probs and [n] tokens about to be appended at every step."""
     prompt = check_call(model, prompt, steps)
     if not groups:
         raise ValueError("groups must hold at least one (n, seed, sampler)")
@@ -299,12 +299,25 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
         if not _is_int(n) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         _check_seed(seed)
+    out: list[Samples] = []
+    walk_groups: list = []
+    for g in groups:  # consecutive groups share a walk while it stays within GROUP_ROWS rows
+        if walk_groups and sum(int(n) for n, _, _ in walk_groups) + int(g[0]) > GROUP_ROWS:
+            out += _sample_walk(model, prompt, steps, walk_groups, observe if not out else None)
+            walk_groups = []
+        walk_groups.append(g)
+    return out + _sample_walk(model, prompt, steps, walk_groups, observe if not out else None)
+
+
+GROUP_ROWS = 512  # rows one ``sample_groups`` walk holds (wider batches ran slower per row on CPU)
+
+
+def _sample_walk(model, prompt: list[int], steps: int, groups, observe) -> list[Samples]:
     gens = [torch.Generator().manual_seed(int(seed)) for _, seed, _ in groups]
     samplers = [sampler or Sampling() for _, _, sampler in groups]
     bounds = np.cumsum([0] + [int(n) for n, _, _ in groups]).tolist()
-    total = bounds[-1]
     toks, lps, wlps = [], [], []
-    session = start_session(model, prompt, batch=total, steps=steps)
+    session = start_session(model, prompt, batch=bounds[-1], steps=steps)
     for t in range(steps):
         lp = session.last
         chosen, step_lp, step_wlp = [], [], []
@@ -316,14 +329,13 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
             chosen.append(tok)
             step_lp.append(rows.gather(1, idx).squeeze(1).double())
             step_wlp.append(warped.gather(1, idx).squeeze(1).double())
-        chosen_all = torch.cat(chosen) if len(groups) > 1 else chosen[0]
         if observe is not None:
-            observe(t, lp, chosen_all)
+            observe(t, lp[: bounds[1]], chosen[0])
         toks.append(chosen)
         lps.append(step_lp)
         wlps.append(step_wlp)
         if t + 1 < steps:
-            session.advance(chosen_all.tolist())
+            session.advance((torch.cat(chosen) if len(groups) > 1 else chosen[0]).tolist())
     return [Samples(torch.stack([s[g] for s in toks], 1), torch.stack([s[g] for s in lps], 1),
                     torch.stack([s[g] for s in wlps], 1)) for g in range(len(groups))]
 

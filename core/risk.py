@@ -234,7 +234,7 @@ def _window_hits(model, prompt, steps: int, n: int, targets: torch.Tensor, targe
     return _window_hits_many(model, prompt, steps, n, [(targets, target_lps)], n_samples, seed, truth_samples)[0]
 
 
-FORK_ROWS = 4096  # rows teacher-forced at once through the N-gram windows (targets x truth rows)
+FORK_ROWS = 1024  # rows teacher-forced at once through the N-gram windows (targets x truth rows)
 
 
 def _window_hits_many(model, prompt, steps: int, n: int, targets: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -267,10 +267,9 @@ def _window_hits_many(model, prompt, steps: int, n: int, targets: Sequence[tuple
                 fork = step.session.select(list(range(n_samples)) * len(chunk))
                 for k in range(1, n):
                     fork.advance(torch.cat([tgts[d][:, t + k - 1] for d in chunk]).tolist())
-                    last = fork.last.double()
-                    for j, d in enumerate(chunk):
-                        rows = last[j * n_samples : (j + 1) * n_samples]
-                        accs[d] = accs[d] + rows.gather(1, tgts[d][:, t + k : t + k + 1]).squeeze(1)
+                    for j, d in enumerate(chunk):  # gather, then widen: the rows are wide
+                        rows = fork.last[j * n_samples : (j + 1) * n_samples]
+                        accs[d] = accs[d] + rows.gather(1, tgts[d][:, t + k : t + k + 1]).squeeze(1).double()
         for h, acc in zip(hits, accs):
             h[:, t] = acc.exp()
     return hits

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+import core.decoders as decoders_mod
 import core.risk as risk_mod
 from core.compare import DecoderSettings, compare, lineup, token_ranks, token_ranks_many
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Sampling, sample_groups, sample_many
@@ -114,11 +115,23 @@ def test_sample_groups_equals_sample_many(tiny_engine, prompt):
             torch.testing.assert_close(got.step_warped_logprobs, want.step_warped_logprobs, rtol=BATCH_REL, atol=0)
     seen = []
     sample_groups(tiny_engine, prompt, 3, groups[:2], observe=lambda t, lp, tok: seen.append((t, lp.shape, len(tok))))
-    assert seen == [(t, (6, tiny_engine.vocab_size), 6) for t in range(3)]
+    assert seen == [(t, (5, tiny_engine.vocab_size), 5) for t in range(3)]  # the first group's rows
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         sample_groups(tiny_engine, prompt, 3, [(0, 1, None)])
     with pytest.raises(ValueError, match="groups"):
         sample_groups(tiny_engine, prompt, 3, [])
+
+
+def test_sample_groups_split_into_walks_of_group_rows(tiny_engine, prompt, monkeypatch):
+    groups = [(3, 1, None), (2, 2, Sampling(top_k=3)), (4, 3, None), (1, 4, None)]
+    whole = sample_groups(tiny_engine, prompt, 3, groups)
+    monkeypatch.setattr(decoders_mod, "GROUP_ROWS", 5)  # walks of [3, 2], [4, 1]
+    seen = []
+    split = sample_groups(tiny_engine, prompt, 3, groups, observe=lambda t, lp, tok: seen.append(len(tok)))
+    assert seen == [3, 3, 3]
+    for a, b in zip(whole, split):
+        assert torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(a.step_logprobs, b.step_logprobs, rtol=BATCH_REL, atol=0)
 
 
 def test_token_ranks_many_equals_token_ranks(tiny_engine, prompt):
