@@ -9,9 +9,7 @@ preceded by the end-of-text token the model was trained with, so an empty prompt
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,41 +26,27 @@ def auto_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# A forward over at most this many token rows runs with one intra-op thread on CPU (see below).
-SMALL_FORWARD_ROWS = 64
-_LOAD_CHECK = {"at": -1.0, "busy": False}
 # Longest piece a prefix is fed in by ``_extend_prefix_cache`` (the model attends per query up to 8 rows).
 PREFIX_PIECE = 8
 
 
-def _machine_busy() -> bool:
-    """Whether the 1-minute load average shows at least one more runnable task than there are CPUs
-    (checked at most once a second)."""
-    now = time.monotonic()
-    if now - _LOAD_CHECK["at"] > 1.0:
-        try:
-            _LOAD_CHECK["busy"] = os.getloadavg()[0] >= (os.cpu_count() or 1) + 1
-        except OSError:
-            _LOAD_CHECK["busy"] = False
-        _LOAD_CHECK["at"] = now
-    return _LOAD_CHECK["busy"]
-
-
 @contextmanager
-def _threads_for(device: torch.device, rows: int) -> Iterator[None]:
-    """One intra-op thread for the duration of a CPU forward that is small, or that runs while the
-    machine is oversubscribed; then the caller's setting back.
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run a CPU forward with one intra-op thread, then restore the caller's setting.
 
-    Stepping one token runs ~200 ops on [1, 256]-sized tensors, far too small to split across
-    threads, and with several threads every op waits at an OpenMP barrier; when other processes hold
-    the cores that wait is a scheduler time slice per op. Measured on a 2-core box under load
-    (load average ~6): greedy stepping 48-200 ms/token with 2 threads vs 4-7 ms with 1; exact
-    lookahead (depth 4) 270-1660 vs 33-77 ms per token; ``sample_many`` 1024 x 32 35 s vs 19 s.
-    The setting is per calling thread (OpenMP/MKL thread-local) and restored on exit; large forwards
-    on an idle machine keep every thread.
+    Why one thread: (1) the same request must give the same bits whatever the machine's thread
+    settings or load — MKL's results for a batch depend on how many threads split it, and exported
+    numbers, shared links and the concurrency tests rely on byte-identical results (a rule that
+    switched threads with batch size or load made them differ); (2) small forwards are faster:
+    stepping one token runs ~200 ops on [1, 256]-sized tensors, and with several threads every op
+    waits at an OpenMP barrier (measured on 2 cores under load: greedy stepping 48-200 ms/token
+    with 2 threads vs 4-7 ms with 1). The cost: large Monte Carlo batches lose the second core
+    (Compare, 32 tokens x 64 samples on 2 idle cores: 4.2 s with 2 threads, 6.2 s with 1).
+    The setting is per calling thread (OpenMP/MKL thread-local), so concurrent sessions each hold
+    their own.
     """
     prev = torch.get_num_threads()
-    if device.type != "cpu" or prev == 1 or (rows > SMALL_FORWARD_ROWS and not _machine_busy()):
+    if device.type != "cpu" or prev == 1:
         yield
         return
     torch.set_num_threads(1)
@@ -102,7 +86,7 @@ class EngineSession:
         self.engine.check_room(self.cache.length + ids.shape[1] - 1)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.engine.vocab_size):
             self.engine.check_tokens(ids.flatten().tolist())
-        with _threads_for(self.engine.device, ids.numel()):
+        with _one_thread(self.engine.device):
             lp = torch.log_softmax(self.engine.model.extend(self.cache, ids).float(), dim=-1).cpu()
         self.last = lp[:, -1]
         return lp
@@ -119,7 +103,7 @@ class EngineSession:
         with ``which`` (0-based head indices) only those heads, [B, len(which), V]."""
         pos = self.cache.length - 1 if index is None else index + 1
         which = range(self.engine.n_heads) if which is None else list(which)
-        with _threads_for(self.engine.device, self.batch * len(which)):
+        with _one_thread(self.engine.device):
             lg = self.engine.model.head_logits(self.cache, pos, which)
             return torch.log_softmax(lg.float(), dim=-1).cpu()
 
@@ -202,8 +186,7 @@ class Engine:
             if len(r) > 1 and (min(r) < 0 or max(r) >= self.vocab_size):
                 self.check_tokens(r)
         common = _common_prefix_length(rows)
-        new_rows = sum(len(r) for r in rows) - (len(rows) - 1) * common  # at most this many fed
-        with self._lock, _threads_for(self.device, new_rows):
+        with self._lock, _one_thread(self.device):
             base_last = self._extend_prefix_cache(rows[0][:common])
             suffixes = [r[common:] for r in rows]
             out = base_last.expand(len(rows), -1).clone()
@@ -263,7 +246,7 @@ class Engine:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.check_room(len(prompt) + steps)
         self.check_tokens(prompt)
-        with _threads_for(self.device, len(prompt) + batch):
+        with _one_thread(self.device):
             return self._start(prompt, batch, steps)
 
     def _start(self, prompt: list[int], batch: int, steps: int) -> EngineSession:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_FILE = ROOT / "assets" / "prompts" / "prompts.json"
 
 DEFAULT_SOURCE = "mtp"
-DEFAULT_STEPS = 32
+DEFAULT_STEPS = 16
 MAX_TEXT_STEPS = 64  # most tokens a page decodes on a neural model (keeps every click bounded)
 MAX_SEED = 2**31 - 1
 GOAL_NAMES = ("0-1", "Hamming", "N-gram Hamming", "Distribution match (KL)", "Distribution match (TV)")
@@ -39,7 +39,7 @@ SIDEBAR_DEFAULTS = {
     "prompt": FALLBACK_PROMPT["text"],
     "steps": DEFAULT_STEPS,
     "seed": 0,
-    "goal": "0-1",
+    "goal": "Hamming",
     "ngram_n": 2,
 }
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.compare import MAX_NEURAL_LOOKAHEAD, N_SAMPLES_RANGE, DecoderSettings, compare
-from pages.charts import CHART_CONFIG, risk_bars
+from pages.charts import CHART_CONFIG, display_number, risk_bars, risk_text
 from pages.common import (
     declare_state,
     load_source,
@@ -60,7 +60,7 @@ def draw_outputs(ctx, result) -> None:
         cols = st.columns(2)
         for col, row in zip(cols, rows[start : start + 2]):
             with col.container(border=True):
-                regret = "" if row.key == "bayes" else f" · regret {row.regret:.3f}"
+                regret = "" if row.key == "bayes" else f" · regret {display_number(row.regret, 3):.3f}"
                 star = "★ " if row.key == "bayes" else ""
                 exact = "exact" if row.risk.exact else f"n = {row.risk.n}"
                 st.markdown(f"**{star}{row.label}** — {_risk(row)}{regret} ({exact})")
@@ -80,7 +80,8 @@ def _risk(row) -> str:
     r = row.risk
     if not math.isfinite(r.mean):
         return "risk ∞"
-    return f"risk {r.mean:.3f}" if r.exact else f"risk {r.mean:.3f} ± {r.ci_high - r.mean:.3f}"
+    shown = risk_text(r.mean) if 0 < 1 - r.mean < 1e-3 else f"{r.mean:.3f}"
+    return f"risk {shown}" if r.exact else f"risk {shown} ± {r.ci_high - r.mean:.2g}"
 
 
 def draw_scores(ctx, result, settings: DecoderSettings) -> None:
@@ -100,7 +101,8 @@ def draw_scores(ctx, result, settings: DecoderSettings) -> None:
                f"the truth P and the decoder's own randomness. **Regret** = risk − the Bayes "
                f"output's risk (0 = optimal). {how} Bayes output: {result.bayes_method}"
                f"{'' if result.bayes_exact else ' — approximate, so a regret can be negative'}.")
-    st.dataframe(table.drop(columns=["settings"]), hide_index=True, width="stretch",
+    shown = table.drop(columns=["settings"]).assign(regret=table["regret"].map(lambda x: display_number(x, 4)))
+    st.dataframe(shown, hide_index=True, width="stretch",
                  column_config={"risk": st.column_config.NumberColumn(format="%.4f"),
                                 "ci_low": st.column_config.NumberColumn("CI low", format="%.4f"),
                                 "ci_high": st.column_config.NumberColumn("CI high", format="%.4f"),

@@ -21,7 +21,7 @@ def table(at: AppTest):
 
 
 def test_toy_exact_risks_and_goal_switch():
-    at = run_page(source="toy:E1", steps=2)
+    at = run_page(source="toy:E1", steps=2, goal="0-1")
     assert not at.exception and not at.error
     t = table(at)
     assert t.loc["greedy", "risk"] == pytest.approx(0.67)
@@ -34,7 +34,9 @@ def test_toy_exact_risks_and_goal_switch():
     assert t.loc["Bayes output (Hamming)", "output"] == "AA"
     assert t.loc["lookahead (depth 2)", "risk"] == pytest.approx(0.91)
     assert t.loc["greedy", "regret"] == pytest.approx(0.0)
-    assert at.query_params["goal"] == "Hamming"
+    assert "goal" not in at.query_params  # Hamming is the default goal: links leave it out
+    at.selectbox(key="goal").set_value("0-1").run()
+    assert at.query_params["goal"] == "0-1"
 
 
 def test_bad_inputs_show_errors_not_tracebacks():
@@ -52,7 +54,7 @@ def test_bad_inputs_show_errors_not_tracebacks():
 
 
 def test_switching_to_a_toy_sets_its_length():
-    at = run_page(prompt="  ", steps=0)  # shipped model, bad input: no compute happens
+    at = run_page(prompt="  ", steps=0, goal="0-1")  # shipped model, bad input: no compute happens
     assert not at.exception
     assert at.error[0].value == "steps must be an integer from 1 to 64, got 0"
     at.number_input(key="steps").set_value(8).run()

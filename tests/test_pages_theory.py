@@ -12,6 +12,7 @@ PAGE = "../pages/theory_lab.py"
 def at() -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["th_chains"] = 50  # keep the heatmap sweep small
+    at.session_state["goal"] = "0-1"  # the tests start from the sequence goal (the app's default is Hamming)
     return at.run()
 
 
