@@ -372,11 +372,11 @@ def choose(page, label: str, option: str) -> None:
 def check_goal_change(page, where: str) -> None:
     before = risk_table_text(page)
     assert "greedy" in before, f"{where}: the risk table has no greedy row:\n{before}"
-    choose(page, "Goal", "Hamming")
-    page.wait_for_url(lambda url: "goal=Hamming" in url, timeout=10_000)
+    choose(page, "Goal", "0-1")  # from the default goal (Hamming) to the sequence goal
+    page.wait_for_url(lambda url: "goal=0-1" in url, timeout=10_000)
     wait_idle(page)
     assert_healthy(page, f"{where} after changing the goal")
     page.wait_for_function("""before => {
         const t = document.querySelector("[data-testid='stDataFrame'] table");
         return t && t.innerText !== before;}""", arg=before, timeout=10_000)
-    assert "Hamming" in page.locator("[data-testid='stMain']").inner_text(), f"{where}: the goal is not named"
+    assert "0-1" in page.locator("[data-testid='stMain']").inner_text(), f"{where}: the goal is not named"
