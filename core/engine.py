@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from core.model import KVCache, MTPModel
+from core.protocol import CachedSession, TextModel
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "models" / "mtp-default"
@@ -56,7 +57,7 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-class EngineSession:
+class EngineSession(CachedSession):
     """Rows continuing one prompt with KV caches; see ``core.protocol.Session``.
 
     Beyond the protocol: ``feed`` several tokens per row at once (one forward pass), ``heads`` for
@@ -91,11 +92,6 @@ class EngineSession:
         self.last = lp[:, -1]
         return lp
 
-    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
-        if len(tokens) != self.batch:
-            raise ValueError(f"advance needs one token per row ({self.batch}), got {len(tokens)}")
-        self.feed(torch.as_tensor(list(tokens), dtype=torch.long)[:, None])
-        return self.last
 
     @torch.inference_mode()
     def heads(self, index: int | None = None, which: Sequence[int] | None = None) -> torch.Tensor:
@@ -129,7 +125,7 @@ class EngineSession:
         return EngineSession(self.engine, new, self.last[idx])
 
 
-class Engine:
+class Engine(TextModel):
     """A multi-head MTP model + tokenizer behind the ``NextTokenModel`` protocol."""
 
     def __init__(self, model: MTPModel, tokenizer, name: str = "mtp", device: str | torch.device | None = None):
@@ -155,25 +151,13 @@ class Engine:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def token_text(self, token_id: int) -> str:
-        return self.decode([token_id])
 
     @property
     def max_tokens(self) -> int:
         """Longest prefix (prompt + generated tokens) the model's context holds."""
         return self.max_len - 1
 
-    def check_room(self, n_tokens: int) -> None:
-        if n_tokens > self.max_tokens:
-            raise ValueError(
-                f"prompt + steps = {n_tokens} tokens exceeds the model's context of {self.max_tokens} tokens; "
-                "shorten the prompt or lower steps"
-            )
 
-    def check_tokens(self, tokens: Sequence[int]) -> None:
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside this model's vocabulary [0, {self.vocab_size})")
 
     # ---- NextTokenModel -----------------------------------------------------------------------
     @torch.inference_mode()

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from core.engine import _common_prefix_length, auto_device
+from core.protocol import CachedSession, TextModel
 
 SINGLE_HEAD_NOTE = "a Hugging Face causal LM predicts only the next token, so it has one head (head 1)"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
@@ -72,7 +73,7 @@ SMOLLM2 = ModelSource(
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class HFSession:
+class HFSession(CachedSession):
     """Rows continuing one prompt with a KV cache; see ``core.protocol.Session``.
 
     Like ``core.engine.EngineSession``: ``feed`` several tokens per row at once, ``heads`` (one head),
@@ -116,11 +117,6 @@ class HFSession:
         self.last = lp[:, -1]
         return lp
 
-    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
-        if len(tokens) != self.batch:
-            raise ValueError(f"advance needs one token per row ({self.batch}), got {len(tokens)}")
-        self.feed(torch.as_tensor(list(tokens), dtype=torch.long)[:, None])
-        return self.last
 
     @torch.inference_mode()
     def heads(self, index: int | None = None) -> torch.Tensor:
@@ -155,7 +151,7 @@ class HFSession:
         return HFSession(self.engine, cache, self.rows[idx], self.hidden, self.last[idx])
 
 
-class HFEngine:
+class HFEngine(TextModel):
     """A ``transformers`` causal LM + tokenizer behind the ``NextTokenModel`` protocol (one head)."""
 
     n_heads = 1
@@ -198,25 +194,13 @@ class HFEngine:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def token_text(self, token_id: int) -> str:
-        return self.decode([token_id])
 
     @property
     def max_tokens(self) -> int:
         """Longest prefix (prompt + generated tokens) the model's context holds."""
         return self.max_len - len(self.start_ids)
 
-    def check_room(self, n_tokens: int) -> None:
-        if n_tokens > self.max_tokens:
-            raise ValueError(
-                f"prompt + steps = {n_tokens} tokens exceeds the model's context of {self.max_tokens} tokens; "
-                "shorten the prompt or lower steps"
-            )
 
-    def check_tokens(self, tokens: Sequence[int]) -> None:
-        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside this model's vocabulary [0, {self.vocab_size})")
 
     def context_ids(self, tokens: Sequence[int]) -> list[int]:
         """The ids the model reads for a prefix (the module docstring's start-token rule): the input

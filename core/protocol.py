@@ -67,3 +67,36 @@ def start_session(model: NextTokenModel, prompt: Sequence[int], batch: int = 1, 
         return model.start(list(prompt), batch=batch, steps=steps)
     first = model.logprobs([list(prompt)])
     return PrefixSession(model, [list(prompt) for _ in range(batch)], first.expand(batch, -1).clone())
+
+
+class CachedSession:
+    """Shared part of the KV-cached sessions (``EngineSession``, ``HFSession``): ``advance`` is one
+    ``feed`` of a single token per row. Subclasses define ``batch``, ``last`` and ``feed``."""
+
+    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
+        if len(tokens) != self.batch:
+            raise ValueError(f"advance needs one token per row ({self.batch}), got {len(tokens)}")
+        self.feed(torch.as_tensor(list(tokens), dtype=torch.long)[:, None])
+        return self.last
+
+
+class TextModel:
+    """Shared checks of the text models (``Engine``, ``HFEngine``). Subclasses define ``vocab_size``,
+    ``max_tokens`` and ``decode``."""
+
+    def token_text(self, token_id: int) -> str:
+        return self.decode([token_id])
+
+    def check_room(self, n_tokens: int) -> None:
+        """ValueError when a prefix of ``n_tokens`` (prompt + steps) does not fit the context."""
+        if n_tokens > self.max_tokens:
+            raise ValueError(
+                f"prompt + steps = {n_tokens} tokens exceeds the model's context of {self.max_tokens} tokens; "
+                "shorten the prompt or lower steps"
+            )
+
+    def check_tokens(self, tokens: Sequence[int]) -> None:
+        """ValueError naming the first token id outside the vocabulary."""
+        bad = [t for t in tokens if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside this model's vocabulary [0, {self.vocab_size})")
