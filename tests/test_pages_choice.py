@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from pagetest import open_page
 from streamlit.testing.v1 import AppTest
 
 from core.choice_points import choice_trace, decompose, pair_information
@@ -13,14 +12,9 @@ from core.engine import load_default
 from pages import inspect_helpers as ih
 from pages.common import load_source
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "choice_points.py")
-
 
 def _page(**state) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for k, v in state.items():
-        at.session_state[k] = v
-    return at.run()
+    return open_page("choice_points", **state)
 
 
 def _metrics(at: AppTest) -> dict[str, float]:

@@ -4,16 +4,14 @@ run on the shipped model with a few tokens."""
 from __future__ import annotations
 
 import pytest
+from pagetest import open_page
 from streamlit.testing.v1 import AppTest
 
 PAGE = "../pages/compare.py"
 
 
 def run_page(**state) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+    return open_page("compare", timeout=120, **state)
 
 
 def table(at: AppTest):

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from pagetest import open_page
 from streamlit.testing.v1 import AppTest
 
 from core.choice_points import step_heads
 from core.engine import load_default
 from pages.inspect_helpers import clicked_point
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "step_inspector.py")
-
 
 def _page(**state) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for k, v in state.items():
-        at.session_state[k] = v
-    return at.run()
+    return open_page("step_inspector", **state)
 
 
 def _path_html(at: AppTest) -> str:

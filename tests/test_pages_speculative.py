@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from pagetest import open_page
 from streamlit.testing.v1 import AppTest
 
 from core.engine import load_default
 
 self_speculative = pytest.importorskip("core.speculative").self_speculative
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "speculative.py")
 
 
 def _page(**state) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    for k, v in state.items():
-        at.session_state[k] = v
-    return at.run()
+    return open_page("speculative", **state)
 
 
 def _metrics(at: AppTest) -> dict[str, str]:
