@@ -99,3 +99,13 @@ def test_navigation_declares_every_page_in_order():
                                                "Speculative", "Models"]
     assert pages[0][1].get("default") is True
     assert all((root / path).is_file() for path, _ in pages)
+
+
+def test_compare_runs_on_the_pretrained_smollm2():
+    """Issue 7: the Compare page on SmolLM2-135M (real English; `make` installs it), greedy says Paris."""
+    at = run_page(source="smollm2", prompt="The capital of France is", steps=2, cmp_n_samples=16, goal="Hamming")
+    assert not at.exception and not at.error
+    t = table(at)
+    assert len(t) == 8
+    assert "Paris" in t.loc["greedy", "output"]
+    assert (t["risk"] >= 0).all() and (t["risk"] <= 2).all()  # Hamming over 2 tokens
