@@ -23,6 +23,8 @@ PROMPTS_FILE = ROOT / "assets" / "prompts" / "prompts.json"
 
 DEFAULT_SOURCE = "mtp"
 DEFAULT_STEPS = 16
+LARGE_MODEL_STEPS = 8  # default cap when switching to a pretrained single-head model
+LARGE_MODEL_SAMPLES = 16
 MAX_TEXT_STEPS = 64  # most tokens a page decodes on a neural model (keeps every click bounded)
 MAX_SEED = 2**31 - 1
 GOAL_NAMES = ("0-1", "Hamming", "N-gram Hamming", "Distribution match (KL)", "Distribution match (TV)")
@@ -239,11 +241,19 @@ def _on_example() -> None:
 
 
 def _on_source() -> None:
-    """Switching to a toy sets steps to its length; switching back restores a text length."""
+    """Switching to a toy sets steps to its length; switching back restores a text length. A
+    pretrained single-head model (SmolLM2, local) is ~13x the shipped model's size, so switching to
+    one caps steps at LARGE_MODEL_STEPS and the Compare page's Monte Carlo samples at
+    LARGE_MODEL_SAMPLES (SmolLM2 Compare on 2 cores: 16 tokens x 64 samples 17.5 s, 8 x 16 4.9 s)."""
     source, previous = st.session_state["source"], st.session_state.get("_previous_source", "")
     if source.startswith("toy:"):
         with contextlib.suppress(Exception):  # the page reports the problem when it loads the source
             st.session_state["steps"] = int(load_source(source).length)
+    elif source == "smollm2" or source.startswith("local:"):
+        steps = DEFAULT_STEPS if previous.startswith("toy:") else int(st.session_state.get("steps", DEFAULT_STEPS))
+        st.session_state["steps"] = min(steps, LARGE_MODEL_STEPS)
+        if "cmp_n_samples" in st.session_state:
+            st.session_state["cmp_n_samples"] = min(int(st.session_state["cmp_n_samples"]), LARGE_MODEL_SAMPLES)
     elif previous.startswith("toy:"):
         st.session_state["steps"] = DEFAULT_STEPS
 

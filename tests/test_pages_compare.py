@@ -109,3 +109,11 @@ def test_compare_runs_on_the_pretrained_smollm2():
     assert len(t) == 8
     assert "Paris" in t.loc["greedy", "output"]
     assert (t["risk"] >= 0).all() and (t["risk"] <= 2).all()  # Hamming over 2 tokens
+
+
+def test_switching_to_smollm2_keeps_the_page_responsive():
+    at = run_page(source="toy:E1", steps=2)
+    at.selectbox(key="source").set_value("smollm2").run()
+    assert not at.exception and not at.error
+    assert at.session_state["steps"] == 8 and at.session_state["cmp_n_samples"] == 16
+    assert len(table(at)) == 8
