@@ -104,10 +104,15 @@ def _is_int(x) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
 
+def check_count(name: str, value) -> None:
+    """ValueError unless ``value`` is an integer >= 1 (the message names ``name``)."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def check_call(model: NextTokenModel, prompt: Sequence[int], steps: int) -> list[int]:
     """Validate a decode call (steps >= 1; within a toy's length) and return the prompt as ints."""
-    if not _is_int(steps) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_count("steps", steps)
     prompt = [int(t) for t in prompt]
     length = getattr(model, "length", None)
     if length is not None and len(prompt) + steps > length:
@@ -296,8 +301,7 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
     if not groups:
         raise ValueError("groups must hold at least one (n, seed, sampler)")
     for n, seed, _ in groups:
-        if not _is_int(n) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        check_count("n", n)
         _check_seed(seed)
     out: list[Samples] = []
     walk_groups: list = []
@@ -443,8 +447,7 @@ class Beam:
     is_random: ClassVar[bool] = False
 
     def __post_init__(self):
-        if not _is_int(self.width) or self.width < 1:
-            raise ValueError(f"width must be an integer >= 1, got {self.width!r}")
+        check_count("width", self.width)
 
     @property
     def label(self) -> str:
@@ -518,8 +521,7 @@ def best_first_search(model: NextTokenModel, prefix: Sequence[int], depth: int, 
     window's log-probability. ``memo`` ({full prefix tuple: log-prob row}) reuses rows across
     searches (``Lookahead`` passes the rows below the token it just committed).
     """
-    if not _is_int(depth) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    check_count("depth", depth)
     if node_budget is not None and (not _is_int(node_budget) or node_budget < 1):
         raise ValueError(f"node_budget must be None or an integer >= 1, got {node_budget!r}")
     prefix = [int(t) for t in prefix]
@@ -617,12 +619,9 @@ class Lookahead:
     is_random: ClassVar[bool] = False
 
     def __post_init__(self):
-        if not _is_int(self.depth) or self.depth < 1:
-            raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
-        if not _is_int(self.node_budget) or self.node_budget < 1:
-            raise ValueError(f"node_budget must be an integer >= 1, got {self.node_budget!r}")
-        if not _is_int(self.batch) or self.batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
+        check_count("depth", self.depth)
+        check_count("node_budget", self.node_budget)
+        check_count("batch", self.batch)
 
     @property
     def label(self) -> str:
