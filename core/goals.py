@@ -23,6 +23,8 @@ import numpy as np
 class _WindowGoal:
     """Shared by the pointwise goals: loss = number of mismatching windows of ``window(steps)``."""
 
+    pointwise: ClassVar[bool] = True  # judges one output against one true sequence
+
     def window(self, steps: int) -> int:
         raise NotImplementedError
 
@@ -88,6 +90,7 @@ class DistributionMatch:
     """
 
     divergence: str = "kl"
+    pointwise: ClassVar[bool] = False  # judges the decoder's whole output distribution
 
     def __post_init__(self):
         if self.divergence not in ("kl", "tv"):

@@ -8,6 +8,7 @@ calling ``logprobs`` on every row's full prefix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -78,6 +79,35 @@ class CachedSession:
             raise ValueError(f"advance needs one token per row ({self.batch}), got {len(tokens)}")
         self.feed(torch.as_tensor(list(tokens), dtype=torch.long)[:, None])
         return self.last
+
+
+# ---- EOS: variable-length outputs as fixed-length sequences ------------------------------------
+
+
+def pad_after_eos(tokens: Sequence[int], steps: int, eos_id: int | None) -> tuple[int, ...]:
+    """An output as goals and risks score it: its tokens up to and including the first EOS, then EOS
+    repeated up to ``steps`` tokens (a sequence that ended is followed by EOS with probability 1, so
+    padding changes no probability). Without EOS (or ``eos_id`` None) the tokens must number ``steps``."""
+    tokens = tuple(int(t) for t in tokens)
+    if eos_id is not None and eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id) + 1]
+        if len(tokens) > steps:
+            raise ValueError(f"output of {len(tokens)} tokens up to EOS is longer than steps = {steps}")
+        return tokens + (int(eos_id),) * (steps - len(tokens))
+    if len(tokens) != steps:
+        raise ValueError(f"an output without EOS must have steps = {steps} tokens, got {len(tokens)}")
+    return tokens
+
+
+def absorb_eos(logprobs: torch.Tensor, finished: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """Next-token log-probs [B, V] with every finished row (``finished`` [B] bool: the row has emitted
+    EOS) replaced by a point mass on EOS (log-prob 0 there, -inf elsewhere): after EOS the padded
+    sequence continues with EOS for sure. Unchanged (the same tensor) when no row is finished."""
+    if eos_id is None or not bool(finished.any()):
+        return logprobs
+    point = torch.full_like(logprobs[:1], -math.inf)
+    point[0, eos_id] = 0.0
+    return torch.where(finished.to(logprobs.device)[:, None], point, logprobs)
 
 
 class TextModel:
