@@ -113,29 +113,34 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 def risk_curves(series: Mapping[str, Sequence[tuple[float, float, float, float]]], floor: float | None,
                 title: str, x_title: str, y_title: str = "risk under p (lower is better)",
-                reverse_x: bool = False, floor_label: str = "Bayes risk") -> go.Figure:
+                reverse_x: bool = False, floor_label: str = "Bayes risk", log_y: bool = False) -> go.Figure:
     """One line with markers per series of (x, value, low, high) on a log x axis, with a shaded band
     where low < high; infinite values are left out (a gap). ``floor`` is drawn as a dashed green
-    line. ``reverse_x``: larger x on the left (e.g. ε, so that q → p reads left to right)."""
-    colours = palettes.Plotly
+    line. ``reverse_x``: larger x on the left (e.g. ε, so that q → p reads left to right). ``log_y``:
+    a log risk axis (values <= 0, and a floor of 0, cannot be drawn there and are left out)."""
+    shown = (lambda v: math.isfinite(v) and v > 0) if log_y else math.isfinite
+    colours, dashes = palettes.Plotly, ("solid", "dash", "dot", "dashdot")  # equal curves stay distinguishable
     fig = go.Figure()
     for i, (name, points) in enumerate(series.items()):
-        colour = colours[i % len(colours)]
-        finite = [p for p in points if math.isfinite(p[1])]
+        colour, dash = colours[i % len(colours)], dashes[i % len(dashes)]
+        finite = [p for p in points if shown(p[1]) and (not log_y or p[2] > 0)]
         if any(lo < hi for _, _, lo, hi in finite):
             xs = [p[0] for p in finite]
             fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[p[3] for p in finite] + [p[2] for p in finite][::-1],
-                                     fill="toself", fillcolor=_rgba(colour, 0.18), line={"width": 0},
+                                     fill="toself", fillcolor=_rgba(colour, 0.18), mode="lines", line={"width": 0},
                                      hoverinfo="skip", showlegend=False, legendgroup=name, name=f"{name} (95% band)"))
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] if math.isfinite(p[1]) else None for p in points],
-                                 name=name, mode="lines+markers", legendgroup=name, line={"color": colour},
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] if shown(p[1]) else None for p in points],
+                                 name=name, mode="lines+markers", legendgroup=name,
+                                 line={"color": colour, "dash": dash, "width": 2.5 if i == 0 else 2},
                                  customdata=[[p[2], p[3]] for p in points],
                                  hovertemplate="%{x:.3g}: %{y:.4f} [%{customdata[0]:.4f}, %{customdata[1]:.4f}]"
                                                f"<extra>{name}</extra>"))
-    if floor is not None and math.isfinite(floor):
+    if floor is not None and shown(floor):
         fig.add_hline(y=floor, line_dash="dash", line_color=BAYES_COLOUR, annotation_text=f"{floor_label} {floor:.4g}",
                       annotation_position="bottom right")
-    fig.update_xaxes(type="log", autorange="reversed" if reverse_x else True)
+    fig.update_xaxes(type="log", autorange="reversed" if reverse_x else True, dtick=1, exponentformat="power")
+    if log_y:
+        fig.update_yaxes(type="log", exponentformat="power")
     fig = _layout(fig, title, x_title, y_title, height=440)
     fig.update_layout(legend={"orientation": "v", "y": 1, "x": 1.02})
     return fig

@@ -31,8 +31,8 @@ DECODERS: dict[str, Callable] = {
 FAMILY_LABELS = {"mixture": "perturbation: q = (1 − ε)·p + ε·noise", "learned": "learning from N sequences"}
 NOISE_LABELS = {"dirichlet": "a fixed random conditional per prefix / state", "uniform": "uniform"}
 STATE = {**toy_state("cs"), "cs_family": "mixture", "cs_noise": "dirichlet", "cs_seeds": 10,
-         "cs_decoders": list(DECODERS)[:5], "cs_depth": 2, "cs_beam": 2, "cs_tau": 0.5, "cs_top_k": 2,
-         "cs_top_p": 0.9}
+         "cs_decoders": list(DECODERS)[:5], "cs_log_y": False, "cs_depth": 2, "cs_beam": 2, "cs_tau": 0.5,
+         "cs_top_k": 2, "cs_top_p": 0.9}
 STATE_RULES = {
     **toy_rules("cs"),
     "cs_family": ("q approaches p by", FAMILIES, "mixture or learned"),
@@ -40,6 +40,7 @@ STATE_RULES = {
     "cs_seeds": ("Data sets per N", SEED_CHOICES, "one of " + ", ".join(map(str, SEED_CHOICES))),
     "cs_decoders": ("Decoders", lambda v: isinstance(v, list) and all(d in DECODERS for d in v),
                     "a list of " + ", ".join(DECODERS)),
+    "cs_log_y": ("Log scale for the risk", (True, False), "True or False"),
     "cs_depth": ("Lookahead depth T", in_range(1, 8, True), "an integer from 1 to 8"),
     "cs_beam": ("Beam width w", in_range(1, 16, True), "an integer from 1 to 16"),
     "cs_tau": ("Temperature τ", in_range(0.05, 5.0), "from 0.05 to 5"),
@@ -141,8 +142,11 @@ x_title = "ε (noise weight, log scale; q → p to the right)" if family == "mix
 series = {label: points for label, (points, _) in results.items()}
 rows = [{"decoder": label, "family": family, "x": x, "risk": r, "low": lo, "high": hi, "exact": family == "mixture",
          "bayes risk": bayes, "goal": ctx.goal.name} for label, points in series.items() for x, r, lo, hi in points]
+log_y = st.toggle("Log scale for the risk", key="cs_log_y",
+                  help="Shows how fast the risk falls (e.g. sampling's KL(P‖r) shrinks like ε²); a Bayes risk of 0 "
+                       "is not drawn on it.")
 fig = risk_curves(series, bayes, f"{ctx.goal.name}: risk under p of each decoder run on q", x_title,
-                  reverse_x=family == "mixture")
+                  reverse_x=family == "mixture", log_y=log_y)
 show_chart(fig, rows, "cs_chart", f"consistency_{family}")
 infinite = [label for label, points in series.items() if any(r == float("inf") for _, r, _, _ in points)]
 st.caption(explain(truth, family, noise, n_seeds, ctx.seed, infinite, bayes))

@@ -86,6 +86,8 @@ def test_learned_family_averages_data_sets_with_a_band(downloads):
     assert sampler.loc[10, "low"] < sampler.loc[10, "risk"] < sampler.loc[10, "high"]
     assert sampler.loc[100000, "risk"] < 1e-3 < sampler.loc[10, "risk"]  # KL → 0
     assert summary(at).loc["sampling (τ=1)", "reaches the Bayes risk"] == "yes"
+    at.toggle(key="cs_log_y").set_value(True).run()
+    assert not at.exception and chart(at)["layout"]["yaxis"]["type"] == "log"
 
 
 def test_decoder_settings_and_choice():
@@ -138,3 +140,6 @@ def test_risk_curves_chart_helper():
     assert fig.layout.xaxis.type == "log" and fig.layout.shapes[0].y0 == 0.1
     reversed_x = risk_curves({"a": [(0.1, 1.0, 1.0, 1.0)]}, None, "t", "ε", reverse_x=True)
     assert reversed_x.layout.xaxis.autorange == "reversed" and not reversed_x.layout.shapes
+    logged = risk_curves({"a": [(1, 0.0, 0.0, 0.0), (10, 1e-3, 1e-4, 2e-3)]}, 0.0, "t", "N", log_y=True)
+    assert logged.layout.yaxis.type == "log" and not logged.layout.shapes  # a floor of 0 has no place on it
+    assert list(logged.data[1].y) == [None, 1e-3]
