@@ -164,12 +164,14 @@ def data_seed(seed: int, n: int, i: int) -> int:
 def risk_under(goal, truth, r: Mapping[tuple[int, ...], float], steps: int, memo: dict | None = None) -> float:
     """The exact risk under the toy ``truth`` of outputs distributed as ``r`` ({output: probability},
     e.g. a decoder's output distribution on another model q). Pointwise goals: Σ_ŷ r(ŷ)·E_p loss(ŷ, Y)
-    (each term ``exact_risk`` of the fixed output ŷ; ``memo`` {ŷ: risk} reuses them across calls with
-    the same goal, truth and steps). Distribution matching: the divergence between p's distribution of
-    its first ``steps`` tokens and r."""
-    if not goal.pointwise:
-        return goal.between(output_distribution(Sampling(), truth, steps), r)
+    (each term ``exact_risk`` of the fixed output ŷ). Distribution matching: the divergence between
+    p's distribution of its first ``steps`` tokens and r. ``memo``: a dict to pass again to calls with
+    the same goal, truth and steps, so they reuse those terms (or p's distribution)."""
     memo = {} if memo is None else memo
+    if not goal.pointwise:
+        if "p" not in memo:
+            memo["p"] = output_distribution(Sampling(), truth, steps)
+        return goal.between(memo["p"], r)
     terms = []
     for y, w in r.items():
         if y not in memo:

@@ -14,7 +14,7 @@ from pages.charts import risk_curves, show_chart
 from pages.common import check_state, declare_state, in_range, setup_page, show_error
 from pages.toy_picker import build_toy, check_goal_fits, toy_rules, toy_state, toy_ui
 
-MAX_SEQUENCES = 1024  # largest toy (V^n sequences) the page draws curves for: every point enumerates them all
+MAX_SEQUENCES = 512  # largest toy (V^n sequences) the page draws curves for: every point enumerates them all
 SEED_CHOICES = (5, 10, 20)
 
 # The decoders the page offers: name -> how to build it from the page's settings (session state) and the goal.

@@ -116,7 +116,7 @@ def test_markov_chain_truth():
         ({"cs_tau": 0.0}, r"Temperature τ must be from 0.05 to 5, got 0.0"),
         ({"cs_seeds": 7}, r"Data sets per N must be one of 5, 10, 20, got 7"),
         ({"cs_kind": "Markov chain", "cs_states": 6, "cs_length": 6},
-         r"6\^6 = 46,656 sequences; the Consistency page draws curves for toys of at most 1,024"),
+         r"6\^6 = 46,656 sequences; the Consistency page draws curves for toys of at most 512"),
         ({"goal": "N-gram Hamming", "ngram_n": 3}, r"N \(the N-gram window\) must be from 1 to the toy's length 2"),
     ],
 )
