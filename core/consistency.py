@@ -23,14 +23,16 @@ samplers), scored under p by ``risk_under`` (pointwise goals: Σ_ŷ r(ŷ)·(exac
 distribution matching: the divergence between p and r). ``core.risk.exact_risk`` instead scores a
 decoder under the model it decodes; here decoding and scoring use different distributions.
 
-Adding a decoder needs nothing here: anything with ``decode``/``is_random`` (and ``warp`` when
-random) that ``output_distribution`` enumerates works.
+Adding a decoder needs nothing here: anything with ``decode``/``is_random`` works. Deterministic
+decoders and samplers with ``warp`` are exact; other random decoders (MBR) are run ``n_draws`` times
+per model and their risk estimated (see ``risk_curve``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -45,6 +47,7 @@ FAMILIES = ("mixture", "learned")
 NOISES = ("dirichlet", "uniform")
 LEARNED_ALPHA = 0.5  # add-1/2 smoothing of the counts (Krichevsky–Trofimov)
 N_SEEDS = 20  # data sets per N in the learned family
+N_DRAWS = 64  # runs per model q of a random decoder whose output distribution is not enumerable
 MAX_N = 10**7  # largest training-set size on a learned grid
 MIXTURE_GRID = tuple(10 ** (-k / 2) for k in range(9))  # ε = 1 … 1e-4, two points per decade
 LEARNED_GRID = tuple(round(10 ** (1 + k / 2)) for k in range(9))  # N = 10 … 1e5, two points per decade
@@ -158,6 +161,11 @@ def data_seed(seed: int, n: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, n, i]).generate_state(1)[0])
 
 
+def draw_seed(seed: int, i: int) -> int:
+    """The seed of draw i of a decoder that is not enumerable (independent of the data seeds)."""
+    return int(np.random.SeedSequence([seed, 0, i, 1]).generate_state(1)[0])
+
+
 # ---- risk under p of a decoder run on q ---------------------------------------------------------
 
 
@@ -188,13 +196,35 @@ def bayes_risk(goal, truth, steps: int) -> float:
     return exact_risk(goal, truth, Fixed(bayes_output(goal, truth, steps)), steps)
 
 
+def is_enumerable(decoder) -> bool:
+    """Whether ``output_distribution`` gives the decoder's output distribution exactly: deterministic
+    decoders, and random ones that expose their per-step distribution (``warp``, as ``Sampling``)."""
+    return not decoder.is_random or hasattr(decoder, "warp")
+
+
+def _mean_band(values: np.ndarray) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% Student-t interval of the mean of i.i.d. values, clipped at 0."""
+    mean = float(values.mean())
+    if not math.isfinite(mean):
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return mean, max(mean - half, 0.0), mean + half
+
+
 def risk_curve(truth, decoder, goal, family: str, grid: Sequence[float], steps: int, seed: int, *,
-               n_seeds: int = N_SEEDS, noise: str = "dirichlet") -> list[tuple[float, float, float, float]]:
-    """(x, risk, low, high) for every x of ``grid``, in its order: the exact risk under the toy
-    ``truth`` of ``decoder``'s ``steps``-token output when it decodes the model q of ``family`` at x
-    (see the module docstring). ``"mixture"``: x = ε in (0, 1], exact, so low == high == risk (noise
-    drawn with ``seed``). ``"learned"``: x = N training sequences (an integer from 1 to 10^7); risk
-    = the mean over ``n_seeds`` (>= 2) data sets and (low, high) its 95% t-interval, clipped at 0."""
+               n_seeds: int = N_SEEDS, noise: str = "dirichlet",
+               n_draws: int = N_DRAWS) -> list[tuple[float, float, float, float]]:
+    """(x, risk, low, high) for every x of ``grid``, in its order: the risk under the toy ``truth`` of
+    ``decoder``'s ``steps``-token output when it decodes the model q of ``family`` at x (see the
+    module docstring). ``"mixture"``: x = ε in (0, 1], exact, so low == high == risk (noise drawn with
+    ``seed``). ``"learned"``: x = N training sequences (an integer from 1 to 10^7); risk = the mean
+    over ``n_seeds`` (>= 2) data sets and (low, high) its 95% t-interval, clipped at 0.
+
+    A random decoder whose output distribution cannot be enumerated (``is_enumerable`` False, e.g.
+    MBR) is run ``n_draws`` times per model q (seeds ``draw_seed(seed, i)``, the same at every x):
+    pointwise risks are then the mean of the draws' exact risks, with their 95% t-interval as the band
+    (mixture family) or inside each data set's value (learned family); distribution matching scores
+    the draws' empirical distribution (a plug-in estimate, shown with low == high)."""
     _check_truth(truth)
     _check_family(family)
     if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or not 1 <= steps <= truth.length:
@@ -205,26 +235,27 @@ def risk_curve(truth, decoder, goal, family: str, grid: Sequence[float], steps: 
     if not hasattr(goal, "pointwise"):
         raise ValueError(f"goal must be a core.goals goal, got {goal!r}")
     grid = _check_grid(family, grid)
+    for name, value in (("n_seeds", n_seeds), ("n_draws", n_draws)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 2:
+            raise ValueError(f"{name} must be an integer >= 2 (a band needs a spread), got {value!r}")
     memo: dict = {}
-    risk_of = lambda q: risk_under(goal, truth, output_distribution(decoder, q, steps), steps, memo)
+
+    def risk_of(q) -> tuple[float, float, float]:
+        if is_enumerable(decoder):
+            risk = risk_under(goal, truth, output_distribution(decoder, q, steps), steps, memo)
+            return risk, risk, risk
+        outputs = [decoder.decode(q, [], steps, seed=draw_seed(seed, i)).tokens for i in range(n_draws)]
+        if not goal.pointwise:
+            risk = risk_under(goal, truth, {y: c / n_draws for y, c in Counter(outputs).items()}, steps, memo)
+            return risk, risk, risk
+        return _mean_band(np.array([risk_under(goal, truth, {y: 1.0}, steps, memo) for y in outputs]))
+
     if family == "mixture":
-        out = []
-        for eps in grid:
-            risk = risk_of(mixture_model(truth, eps, seed, noise))
-            out.append((eps, risk, risk, risk))
-        return out
-    if not isinstance(n_seeds, int | np.integer) or isinstance(n_seeds, bool) or n_seeds < 2:
-        raise ValueError(f"n_seeds must be an integer >= 2 (the band needs a spread), got {n_seeds!r}")
-    t95 = float(stats.t.ppf(0.975, n_seeds - 1))
+        return [(eps, *risk_of(mixture_model(truth, eps, seed, noise))) for eps in grid]
     out = []
     for n in grid:
-        risks = np.array([risk_of(learned_model(truth, n, data_seed(seed, n, i))) for i in range(n_seeds)])
-        mean = float(risks.mean())
-        if not math.isfinite(mean):
-            out.append((float(n), mean, mean, mean))
-            continue
-        half = t95 * float(risks.std(ddof=1)) / math.sqrt(n_seeds)
-        out.append((float(n), mean, max(mean - half, 0.0), mean + half))
+        risks = np.array([risk_of(learned_model(truth, n, data_seed(seed, n, i)))[0] for i in range(n_seeds)])
+        out.append((float(n), *_mean_band(risks)))
     return out
 
 

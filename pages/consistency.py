@@ -7,7 +7,16 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from core.consistency import FAMILIES, LEARNED_ALPHA, NOISES, bayes_risk, default_grid, risk_curve
+from core.consistency import (
+    FAMILIES,
+    LEARNED_ALPHA,
+    N_DRAWS,
+    NOISES,
+    bayes_risk,
+    default_grid,
+    is_enumerable,
+    risk_curve,
+)
 from core.decoders import Beam, Greedy, Lookahead, Sampling
 from core.risk import exact_risk
 from pages.charts import risk_curves, show_chart
@@ -18,7 +27,8 @@ MAX_SEQUENCES = 512  # largest toy (V^n sequences) the page draws curves for: ev
 SEED_CHOICES = (5, 10, 20)
 
 # The decoders the page offers: name -> how to build it from the page's settings (session state) and the goal.
-# Adding a decoder is one entry here.
+# Adding a decoder is one entry here (e.g. "MBR": lambda s, goal: MBR(goal)); decoders that cannot be enumerated
+# are estimated from seeded runs by risk_curve.
 DECODERS: dict[str, Callable] = {
     "greedy": lambda s, goal: Greedy(),
     "lookahead (depth T)": lambda s, goal: Lookahead(int(s.cs_depth)),
@@ -87,7 +97,8 @@ def settings_ui() -> tuple[str, str, int, list[str]]:
     return family, s.cs_noise, int(s.cs_seeds), chosen
 
 
-def explain(truth, family: str, noise: str, n_seeds: int, seed: int, infinite: list[str], bayes: float) -> str:
+def explain(truth, family: str, noise: str, n_seeds: int, seed: int, infinite: list[str], bayes: float,
+            sampled: list[str]) -> str:
     size = f"{truth.vocab_size}^{truth.length} = {truth.vocab_size ** truth.length}"
     text = (f"**Exact under p**: each point is the decoder's output distribution on q (enumerated over all {size} "
             "outputs and the decoder's own randomness), scored under p. ")
@@ -99,6 +110,9 @@ def explain(truth, family: str, noise: str, n_seeds: int, seed: int, infinite: l
         text += (f"q = add-{LEARNED_ALPHA:g} counts per prefix (per state for Markov chains) on N sequences drawn from "
                  f"p, N from 10 to 10⁵. Each point is the **mean over {n_seeds} independent training sets** (seeds "
                  f"derived from {seed}); the band is the 95% t-interval of that mean over the {n_seeds} sets. ")
+    if sampled:
+        text += (f"{', '.join(sampled)}: no enumerable output distribution, so each point averages the exact risks "
+                 f"of {N_DRAWS} seeded runs on q (band: their 95% t-interval). ")
     text += f"Dashed green: the Bayes risk {bayes:.4f}, the least any decoder can reach under p."
     if infinite:
         text += f" Not drawn where the risk is ∞: {', '.join(infinite)}."
@@ -140,7 +154,8 @@ except Exception as exc:  # noqa: BLE001
 
 x_title = "ε (noise weight, log scale; q → p to the right)" if family == "mixture" else "N training sequences (log)"
 series = {label: points for label, (points, _) in results.items()}
-rows = [{"decoder": label, "family": family, "x": x, "risk": r, "low": lo, "high": hi, "exact": family == "mixture",
+exact = {d.label: family == "mixture" and is_enumerable(d) for d in decoders}
+rows = [{"decoder": label, "family": family, "x": x, "risk": r, "low": lo, "high": hi, "exact": exact[label],
          "bayes risk": bayes, "goal": ctx.goal.name} for label, points in series.items() for x, r, lo, hi in points]
 log_y = st.toggle("Log scale for the risk", key="cs_log_y",
                   help="Shows how fast the risk falls (e.g. sampling's KL(P‖r) shrinks like ε²); a Bayes risk of 0 "
@@ -149,7 +164,8 @@ fig = risk_curves(series, bayes, f"{ctx.goal.name}: risk under p of each decoder
                   reverse_x=family == "mixture", log_y=log_y)
 show_chart(fig, rows, "cs_chart", f"consistency_{family}")
 infinite = [label for label, points in series.items() if any(r == float("inf") for _, r, _, _ in points)]
-st.caption(explain(truth, family, noise, n_seeds, ctx.seed, infinite, bayes))
+sampled = [d.label for d in decoders if not is_enumerable(d)]
+st.caption(explain(truth, family, noise, n_seeds, ctx.seed, infinite, bayes, sampled))
 
 st.subheader("Where each decoder ends up")
 summary = pd.DataFrame([{"decoder": label, f"risk at the closest q ({'ε' if family == 'mixture' else 'N'} = "

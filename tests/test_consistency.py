@@ -18,6 +18,7 @@ from core.consistency import (
     bayes_risk,
     data_seed,
     default_grid,
+    is_enumerable,
     learned_model,
     mixture_model,
     risk_curve,
@@ -197,6 +198,32 @@ def test_chain_curves_and_shorter_steps():
     assert risk_curve(chain, Lookahead(3), Hamming(), "mixture", (1e-9,), 4, 0)[0][1] == pytest.approx(
         exact_risk(Hamming(), chain, Lookahead(3), 4))
     assert q.length == 6
+
+
+class SampledOnly:
+    """A random decoder without ``warp`` (like MBR): its output distribution cannot be enumerated. It
+    samples at τ = 1, so its exact risk is Sampling()'s."""
+
+    is_random = True
+    label = "sampled"
+
+    def decode(self, model, prompt, steps, seed=None):
+        return Sampling().decode(model, prompt, steps, seed)
+
+
+def test_decoders_that_cannot_be_enumerated_are_estimated_from_seeded_draws():
+    e1 = PRESETS["E1"].build()
+    assert not is_enumerable(SampledOnly()) and is_enumerable(Sampling()) and is_enumerable(Greedy())
+    (x, mean, low, high), = risk_curve(e1, SampledOnly(), ZeroOne(), "mixture", (1e-6,), 2, seed=0, n_draws=400)
+    exact = exact_risk(ZeroOne(), e1, Sampling(), 2)  # .687
+    assert low < mean < high and abs(mean - exact) < 4 * (high - low) / (2 * 1.96)
+    again = risk_curve(e1, SampledOnly(), ZeroOne(), "mixture", (1e-6,), 2, seed=0, n_draws=400)
+    assert again == [(x, mean, low, high)]
+    (_, mean, low, high), = risk_curve(e1, SampledOnly(), Hamming(), "learned", (10**5,), 2, seed=0, n_seeds=3,
+                                       n_draws=200)
+    assert low <= mean <= high and mean == pytest.approx(exact_risk(Hamming(), e1, Sampling(), 2), abs=0.2)
+    kl = risk_curve(e1, SampledOnly(), TV, "mixture", (1e-6,), 2, seed=0, n_draws=400)[0]
+    assert kl[1] == kl[2] == kl[3] < 0.1  # plug-in TV of the draws' empirical distribution
 
 
 def test_default_grids():
