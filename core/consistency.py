@@ -211,6 +211,24 @@ def _mean_band(values: np.ndarray) -> tuple[float, float, float]:
     return mean, max(mean - half, 0.0), mean + half
 
 
+def decoded_risk(truth, model, decoder, goal, steps: int, seed: int = 0, n_draws: int = N_DRAWS,
+                 memo: dict | None = None) -> tuple[float, float, float]:
+    """(risk, low, high): the risk under the toy ``truth`` of ``decoder`` run on ``model`` (a q, or the
+    truth itself). Exact (low == high) when ``is_enumerable(decoder)``; otherwise the mean over
+    ``n_draws`` seeded runs (``draw_seed(seed, i)``) of their exact risks with its 95% t-interval, or for
+    distribution matching the divergence of the runs' empirical distribution (low == high). ``memo``
+    as in ``risk_under``."""
+    memo = {} if memo is None else memo
+    if is_enumerable(decoder):
+        risk = risk_under(goal, truth, output_distribution(decoder, model, steps), steps, memo)
+        return risk, risk, risk
+    outputs = [decoder.decode(model, [], steps, seed=draw_seed(seed, i)).tokens for i in range(n_draws)]
+    if not goal.pointwise:
+        risk = risk_under(goal, truth, {y: c / n_draws for y, c in Counter(outputs).items()}, steps, memo)
+        return risk, risk, risk
+    return _mean_band(np.array([risk_under(goal, truth, {y: 1.0}, steps, memo) for y in outputs]))
+
+
 def risk_curve(truth, decoder, goal, family: str, grid: Sequence[float], steps: int, seed: int, *,
                n_seeds: int = N_SEEDS, noise: str = "dirichlet",
                n_draws: int = N_DRAWS) -> list[tuple[float, float, float, float]]:
@@ -239,17 +257,7 @@ def risk_curve(truth, decoder, goal, family: str, grid: Sequence[float], steps: 
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2 (a band needs a spread), got {value!r}")
     memo: dict = {}
-
-    def risk_of(q) -> tuple[float, float, float]:
-        if is_enumerable(decoder):
-            risk = risk_under(goal, truth, output_distribution(decoder, q, steps), steps, memo)
-            return risk, risk, risk
-        outputs = [decoder.decode(q, [], steps, seed=draw_seed(seed, i)).tokens for i in range(n_draws)]
-        if not goal.pointwise:
-            risk = risk_under(goal, truth, {y: c / n_draws for y, c in Counter(outputs).items()}, steps, memo)
-            return risk, risk, risk
-        return _mean_band(np.array([risk_under(goal, truth, {y: 1.0}, steps, memo) for y in outputs]))
-
+    risk_of = lambda q: decoded_risk(truth, q, decoder, goal, steps, seed, n_draws, memo)
     if family == "mixture":
         return [(eps, *risk_of(mixture_model(truth, eps, seed, noise))) for eps in grid]
     out = []

@@ -13,12 +13,12 @@ from core.consistency import (
     N_DRAWS,
     NOISES,
     bayes_risk,
+    decoded_risk,
     default_grid,
     is_enumerable,
     risk_curve,
 )
 from core.decoders import Beam, Greedy, Lookahead, Sampling
-from core.risk import exact_risk
 from pages.charts import risk_curves, show_chart
 from pages.common import check_state, declare_state, in_range, setup_page, show_error
 from pages.toy_picker import build_toy, check_goal_fits, toy_rules, toy_state, toy_ui
@@ -61,11 +61,11 @@ STATE_RULES = {
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def curve(spec: tuple, decoder, goal, family: str, noise: str, n_seeds: int, seed: int):
-    """(the decoder's curve, its exact risk at q = p)."""
+    """(the decoder's curve, its risk at q = p: exact, or estimated like the curve's points)."""
     truth = build_toy(spec)
     points = risk_curve(truth, decoder, goal, family, default_grid(family), truth.length, seed, n_seeds=n_seeds,
                         noise=noise)
-    return points, exact_risk(goal, truth, decoder, truth.length)
+    return points, decoded_risk(truth, truth, decoder, goal, truth.length, seed)[0]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -17,6 +17,7 @@ from core.consistency import (
     PrefixModel,
     bayes_risk,
     data_seed,
+    decoded_risk,
     default_grid,
     is_enumerable,
     learned_model,
@@ -224,6 +225,9 @@ def test_decoders_that_cannot_be_enumerated_are_estimated_from_seeded_draws():
     assert low <= mean <= high and mean == pytest.approx(exact_risk(Hamming(), e1, Sampling(), 2), abs=0.2)
     kl = risk_curve(e1, SampledOnly(), TV, "mixture", (1e-6,), 2, seed=0, n_draws=400)[0]
     assert kl[1] == kl[2] == kl[3] < 0.1  # plug-in TV of the draws' empirical distribution
+    at_p = decoded_risk(e1, e1, SampledOnly(), ZeroOne(), 2, seed=0, n_draws=400)
+    assert at_p[1] < at_p[0] < at_p[2] and abs(at_p[0] - exact) < 4 * (at_p[2] - at_p[1]) / (2 * 1.96)
+    assert decoded_risk(e1, e1, Greedy(), ZeroOne(), 2) == pytest.approx((0.67, 0.67, 0.67))
 
 
 def test_default_grids():
