@@ -10,6 +10,9 @@ Everything is vectorised over the chains of a grid cell with numpy; per-chain pa
 
 Small α makes rows peaked (one likely successor), so greedy follows the likely path and agrees
 with both optima; as α and V grow, rows flatten and greedy's local choices stop matching.
+
+Each fraction comes from ``n_chains`` independent chains, so ``SweepResult.interval`` gives its 95%
+Wilson score interval (which stays inside [0, 1] and is honest at fractions near 0 or 1).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from core.risk import max_window_sum
 
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
 TOLERANCE = 1e-9  # risks / log-probabilities this close count as equal
 SWEEP_LIMIT = 1 << 25  # most numbers one grid cell holds (transition matrices, marginals): ~256 MB of float64
 
@@ -80,6 +84,24 @@ def modes(initial: np.ndarray, transition: np.ndarray, length: int) -> np.ndarra
     return max_window_sum(scores, v, 2)
 
 
+def wilson_interval(successes, n: int, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high): the Wilson score interval for a binomial proportion, elementwise over
+    ``successes`` (counts out of ``n`` trials each)."""
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    k = np.asarray(successes, dtype=np.float64)
+    if np.any((k < 0) | (k > n)):
+        raise ValueError(f"successes must be counts from 0 to n = {n}")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+METRICS = {"greedy_is_hamming_optimal": "greedy is Hamming-optimal", "greedy_is_mode": "greedy is a mode",
+           "mode_is_hamming_optimal": "mode is Hamming-optimal"}  # SweepResult field -> name in rows and charts
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """Fractions of chains on which greedy (or the mode) is optimal for a goal, [len(n_states),
@@ -93,15 +115,31 @@ class SweepResult:
     greedy_is_mode: np.ndarray
     mode_is_hamming_optimal: np.ndarray
 
+    def counts(self, metric: str) -> np.ndarray:
+        """[len(n_states), len(alphas)] int: the number of chains (of ``n_chains``) on which ``metric``
+        (a field name, one of ``METRICS``) held."""
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        return np.rint(getattr(self, metric) * self.n_chains).astype(np.int64)
+
+    def interval(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) [len(n_states), len(alphas)]: the 95% Wilson interval of each cell's fraction."""
+        return wilson_interval(self.counts(metric), self.n_chains)
+
     def rows(self) -> list[dict]:
-        """One plain row per grid cell, for tables and charts."""
-        return [
-            {"n_states": v, "alpha": a,
-             "greedy is Hamming-optimal": float(self.greedy_is_hamming_optimal[i, j]),
-             "greedy is a mode": float(self.greedy_is_mode[i, j]),
-             "mode is Hamming-optimal": float(self.mode_is_hamming_optimal[i, j])}
-            for i, v in enumerate(self.n_states) for j, a in enumerate(self.alphas)
-        ]
+        """One plain row per grid cell, for tables and CSV: each metric's fraction, its 95% Wilson
+        interval and the number of chains behind it."""
+        bands = {m: self.interval(m) for m in METRICS}
+        rows = []
+        for i, v in enumerate(self.n_states):
+            for j, a in enumerate(self.alphas):
+                row = {"n_states": v, "alpha": a, "n_chains": self.n_chains, "length": self.length}
+                for m, name in METRICS.items():
+                    row[name] = float(getattr(self, m)[i, j])
+                    row[f"{name} (95% low)"] = float(bands[m][0][i, j])
+                    row[f"{name} (95% high)"] = float(bands[m][1][i, j])
+                rows.append(row)
+        return rows
 
 
 def greedy_optimality_sweep(n_states=(2, 3, 4, 6, 8), alphas=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),

@@ -4,7 +4,10 @@ Starts ``streamlit run app.py`` on a free port, visits every page declared in ``
 sidebar navigation (routing cannot be tested with AppTest), waits for each run to finish, checks that no
 exception or traceback is shown and that the page's own content is there, and saves a full-page
 screenshot to ``artifacts/screenshots/<page>.png``. Two real interactions: clicking a bar of the step
-inspector's head-1 chart branches the path; changing the goal on Compare changes the risk table.
+inspector's head-1 chart branches the path; changing the goal on Compare changes the risk table. Then
+every page is opened directly by its URL with query parameters, and again by the URL the app wrote
+back: each opens that page (no "Page not found"), with the parameters applied; / forwards to the first
+page, keeping them.
 
 Needs ``/usr/bin/chromium`` (``make test`` installs it with apt) and the ``playwright`` package; never
 ``playwright install``. Skipped with the reason when either is missing.
@@ -47,6 +50,7 @@ PAGE_CONTENT = {
     "step_inspector": ("Branches", "[data-testid='stPlotlyChart'] .main-svg"),
     "choice_points": ("What the heads said before head 1", "[data-testid='stPlotlyChart'] .main-svg"),
     "theory_lab": ("Exact risk of every decoder for every goal", "[data-testid='stDataFrame']"),
+    "consistency": ("Where each decoder ends up", "[data-testid='stPlotlyChart'] .main-svg"),
     "speculative": ("Speculative decoding", "[data-testid='stPlotlyChart'] .main-svg"),
     "models": ("The shipped multi-head model", "[data-testid='stPlotlyChart'] .main-svg"),
 }
@@ -86,13 +90,16 @@ def _literal(node: ast.AST | None, fallback=None):
 
 def declared_pages(app: Path = APP) -> list[AppPage]:
     """Every ``st.Page("<file>.py", title=..., url_path=..., default=...)`` in app.py, in order. Missing
-    title/url_path get Streamlit's defaults (from the file name); without ``default=True`` the first page
-    is the home page."""
+    title/url_path get Streamlit's defaults (from the file name); without ``default=True`` anywhere the
+    first page is the home page. Pages of a callable (app.py's hidden page forwarding / to the first
+    page) are left out."""
     pages = []
     calls = [n for n in ast.walk(ast.parse(app.read_text(encoding="utf-8"))) if isinstance(n, ast.Call)
              and getattr(n.func, "attr", getattr(n.func, "id", None)) == "Page"]
+    default_declared = False
     for node in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
         kw = {k.arg: k.value for k in node.keywords}
+        default_declared |= bool(_literal(kw.get("default"), False))
         file = _literal(node.args[0] if node.args else kw.get("page"))
         if not isinstance(file, str):
             continue
@@ -100,7 +107,7 @@ def declared_pages(app: Path = APP) -> list[AppPage]:
         title = _literal(kw.get("title"), stem.replace("_", " ").title())
         url_path = _literal(kw.get("url_path"), stem)
         pages.append(AppPage(file, title, url_path, bool(_literal(kw.get("default"), False))))
-    if pages and not any(p.default for p in pages):
+    if pages and not default_declared:
         pages[0] = AppPage(pages[0].file, pages[0].title, pages[0].url_path, True)
     return pages
 
@@ -295,7 +302,7 @@ def test_every_page_renders_and_interactions_work(browser_page, server):  # brow
     page = browser_page
     pages = declared_pages()
     assert pages, "app.py declares no st.Page"
-    home = next(p for p in pages if p.default)
+    home = next((p for p in pages if p.default), pages[0])  # / opens the default page, or forwards to the first
     started = time.monotonic()
 
     page.goto(f"{server}/{START_QUERY}")
@@ -380,3 +387,50 @@ def check_goal_change(page, where: str) -> None:
         const t = document.querySelector("[data-testid='stDataFrame'] table");
         return t && t.innerText !== before;}""", arg=before, timeout=10_000)
     assert "0-1" in page.locator("[data-testid='stMain']").inner_text(), f"{where}: the goal is not named"
+
+
+# ---- every page's own URL ---------------------------------------------------------------------------
+
+URL_SEED = 3  # a non-default sidebar value each URL carries, to see that the parameters reach the page
+
+
+def assert_opened(page, base: str, app_page: AppPage, where: str) -> None:
+    """The page ``app_page`` is shown at its own URL, without "Page not found", healthy, with the URL's seed."""
+    wait_idle(page, timeout_ms=SERVER_START_S * 1000)  # a new session: the first run may load the model
+    path = page.url.split("?")[0].rstrip("/")
+    assert path == f"{base}/{app_page.url_path}", f"{where}: ended at {page.url}"
+    assert page.get_by_text("Page not found").count() == 0, f"{where}: 'Page not found' shown"
+    text, selector = PAGE_CONTENT.get(app_page.name, (app_page.title, "h1"))
+    assert_visible(page.get_by_text(text).first, f"{where}: {text!r} not visible")
+    assert_visible(page.locator(selector).first, f"{where}: nothing visible matches {selector}")
+    assert_healthy(page, where)
+    seed_box = page.get_by_role("spinbutton", name="Seed")
+    assert seed_box.count() and seed_box.first.input_value() == str(URL_SEED), f"{where}: the URL's seed is not used"
+
+
+def test_every_page_url_opens_that_page(browser_page, server):
+    page = browser_page
+    pages = declared_pages()
+    query = f"?steps={STEPS}&cmp_n_samples=16&seed={URL_SEED}"
+    page.goto(f"{server}/{query}")  # the root forwards to the first page, parameters kept
+    assert_opened(page, server, pages[0], f"/{query}")  # (also the server's first request: see the test below)
+    for app_page in pages:
+        where = f"/{app_page.url_path}{query}"
+        page.goto(f"{server}/{app_page.url_path}{query}")
+        assert_opened(page, server, app_page, where)
+        written = page.url  # the URL the app wrote back (its state as query parameters)
+        assert f"seed={URL_SEED}" in written, f"{where}: the app wrote {written}"
+        page.goto(written)
+        assert_opened(page, server, app_page, f"{where}, reopened as {written}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Streamlit quirk while a folder named pages/ sits next to app.py: a server's FIRST script run uses the legacy "
+    "pages/ multipage mode (streamlit PagesManager.uses_pages_directory) before app.py's st.navigation switches it "
+    "off, so the first request to a page URL after a start shows 'Page not found' (or, where the URL equals a file "
+    "name in pages/, runs that file alone with the legacy sidebar). Renaming pages/ fixes it; then remove this mark."))
+def test_first_request_after_a_server_start_opens_its_page(browser_page):
+    app_page = next(p for p in declared_pages() if p.name == "theory_lab")  # a page that loads no model: quick
+    with streamlit_server() as base:
+        browser_page.goto(f"{base}/{app_page.url_path}?seed={URL_SEED}")
+        assert_opened(browser_page, base, app_page, f"first request /{app_page.url_path}")

@@ -86,18 +86,19 @@ def test_shipped_model_few_tokens():
 
 
 def test_navigation_declares_every_page_in_order():
-    """AppTest cannot drive st.navigation, so check app.py's declaration: Compare is home, then the
-    order of issue 5, and every page file exists."""
+    """AppTest cannot drive st.navigation, so check app.py's declaration: Compare first, then the
+    order of issue 5 (Consistency from issue 13), and every page file exists. No page file is the
+    default: / is a hidden page forwarding to Compare, so /compare itself opens Compare (issue 13)."""
     import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     calls = [n for n in ast.walk(ast.parse((root / "app.py").read_text())) if isinstance(n, ast.Call)
-             and getattr(n.func, "attr", "") == "Page"]
+             and getattr(n.func, "attr", "") == "Page" and isinstance(n.args[0], ast.Constant)]
     pages = [(c.args[0].value, {k.arg: getattr(k.value, "value", None) for k in c.keywords}) for c in calls]
     assert [kw["title"] for _, kw in pages] == ["Compare", "Step inspector", "Choice points", "Theory lab",
-                                               "Speculative", "Models"]
-    assert pages[0][1].get("default") is True
+                                               "Consistency", "Speculative", "Models"]
+    assert not any(kw.get("default") for _, kw in pages)
     assert all((root / path).is_file() for path, _ in pages)
 
 

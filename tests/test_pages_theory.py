@@ -1,8 +1,14 @@
-"""Theory lab page (AppTest): E1's exact table, goal switching, toy editing, classroom mode."""
+"""Theory lab page (AppTest): E1's exact table, goal switching, toy editing, the claims section, classroom
+mode walking through every section it names, and a CSV behind every chart."""
 
 from __future__ import annotations
 
+import io
+import json
+
+import pandas as pd
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 PAGE = "../pages/theory_lab.py"
@@ -16,8 +22,25 @@ def at() -> AppTest:
     return at.run()
 
 
+@pytest.fixture
+def downloads(monkeypatch) -> dict:
+    """{key: (file name, CSV as a DataFrame)} of every st.download_button the page draws."""
+    seen, original = {}, st.download_button
+
+    def record(label, data, file_name=None, mime=None, key=None, **kw):
+        seen[key] = (file_name, pd.read_csv(io.StringIO(data)) if str(file_name).endswith(".csv") else data)
+        return original(label, data, file_name, mime, key=key, **kw)
+
+    monkeypatch.setattr(st, "download_button", record)
+    return seen
+
+
 def table(at: AppTest):
     return at.dataframe[0].value.set_index("decoder")
+
+
+def chart_keys(at: AppTest) -> list[str]:
+    return [c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")]
 
 
 def test_e1_exact_table(at):
@@ -61,19 +84,74 @@ def test_markov_chain_and_ngram_goal_check(at):
     assert "must be from 1 to the toy's length 5" in at.error[0].value
 
 
-def test_classroom_mode(at):
+def test_claim_toys_are_presets(at):
+    at.selectbox(key="th_preset").set_value("C6 (lookahead worse)").run()
+    t = table(at)
+    assert t.loc["greedy", "output"] == "ABA" and t.loc["lookahead (depth 2)", "output"] == "BAA"
+    assert t.loc["lookahead (depth 2)", "0-1"] == pytest.approx(1 - .2025)
+
+
+def test_claims_section_shows_every_claim_checked(at):
+    titles = [e.label for e in at.expander]
+    assert len(titles) == 10 and all(t.startswith("✅") for t in titles)
+    assert any("C6: Looking further ahead is not monotonically better" in t for t in titles)
+    c6 = next(d.value for d in at.dataframe if "tree" in d.value.columns)
+    assert list(c6["output"]) == ["ABA", "BAA", "ABA", "BAB", "ABA", "ABA"]
+    markdown = " ".join(m.value for m in at.markdown)
+    assert "BAA (P 0.2025)" in markdown and "Violations (certified but not the mode): 0." in markdown
+
+
+def test_classroom_mode_walks_through_every_section_it_names(at):
     at.toggle(key="th_classroom").set_value(True).run()
+    assert not at.exception and not at.error
+    seen = []
+    while True:
+        slide = at.markdown[0].value
+        charts, frames = chart_keys(at), [d.value for d in at.dataframe]
+        seen.append((slide, charts, len(frames)))
+        assert not at.exception and not at.error, slide
+        assert charts or frames, f"no section drawn under: {slide}"
+        if at.button(key="th_next").disabled:
+            break
+        at.button(key="th_next").click().run()
+    assert len(seen) == 13
+    assert "Greedy is not the mode" in seen[0][0] and "0.64" in seen[0][0] and "0.71" in seen[0][0]
+    assert "Three goals, three winners" in seen[1][0]
+    by_title = {s[0].split("</div>")[0]: s for s in seen}
+    temperature = next(s for t, s in by_title.items() if "per-token temperature vs sequence-level" in t)
+    assert temperature[1] == ["th_temp"]  # the τ slider's chart, not hidden
+    sampling = next(s for t, s in by_title.items() if "Sample N times" in t)
+    assert sampling[1] == ["th_hist"]
+    assert "Greedy is optimal less often" in seen[-1][0] and seen[-1][1] == ["th_heat"]
+    assert any("Looking further ahead" in s[0] and s[2] == 1 for s in seen)  # C6 with its table
+    at.button(key="th_prev").click().run()
+    assert "Sampling is quantitatively consistent" in at.markdown[0].value
+
+
+def test_every_chart_has_a_csv(downloads):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["th_chains"] = 50
+    at.run()
     assert not at.exception
-    assert "Greedy is not the mode" in at.markdown[-1].value and "0.64" in at.markdown[-1].value
-    at.button(key="th_next").click().run()
-    assert "The mode is not Hamming-optimal" in at.markdown[-1].value and "0.71" in at.markdown[-1].value
+    assert chart_keys(at) == ["th_temp", "th_hist", "th_heat"]
+    assert {"th_temp_csv", "th_hist_csv", "th_heat_csv"} <= set(downloads)
+    temp = downloads["th_temp_csv"][1].set_index("output")
+    assert temp.loc["AA", "per-token r_τ"] == pytest.approx(0.4147, abs=1e-4)  # E4 at τ = .5
+    assert temp.loc["BA", "sequence-level P^(1/τ)/Z"] == pytest.approx(0.4141, abs=1e-4)
+    heat = downloads["th_heat_csv"][1]
+    assert len(heat) == 25 and set(heat["n_chains"]) == {50}
+    assert (heat["greedy is a mode (95% low)"] <= heat["greedy is a mode"]).all()
+    hist = downloads["th_hist_csv"][1]
+    assert hist["exact r"].sum() == pytest.approx(1.0) and hist["fraction of 1000 draws"].sum() == pytest.approx(1.0)
+    assert all(f"th_claim_csv_{k}" in downloads for k in ("E1", "C6", "C11", "C14"))
 
 
-def test_greedy_optimality_heatmap_has_equal_cells(at):
-    import json
-
+def test_greedy_optimality_heatmap_has_equal_cells_and_intervals(at):
     spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
     assert spec["layout"]["xaxis"]["type"] == "category" and spec["layout"]["yaxis"]["type"] == "category"
     assert spec["data"][0]["x"] == ["0.1", "0.3", "1.0", "3.0", "10.0"] and spec["data"][0]["y"][0] == "2"
     assert spec["data"][0]["colorbar"]["title"]["text"] == "fraction of chains"
     assert spec["data"][0]["textfont"]["size"] >= 12
+    assert "50 chains per cell" in spec["layout"]["title"]["text"]
+    assert all("[" in cell and "]" in cell for row in spec["data"][0]["text"] for cell in row)
+    assert any("95% Wilson interval" in c.value and "1,250 chains in all" in c.value for c in at.caption)

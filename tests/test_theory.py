@@ -8,11 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from core.decoders import Fixed, Greedy
 from core.goals import Hamming, ZeroOne
 from core.risk import bayes_output, exact_risk
 from core.theory import (
+    METRICS,
     TOLERANCE,
     greedy_optimality_sweep,
     greedy_paths,
@@ -21,6 +23,7 @@ from core.theory import (
     path_logprobs,
     random_chains,
     state_marginals,
+    wilson_interval,
 )
 from core.toy import MarkovChain
 
@@ -74,3 +77,34 @@ def test_sweep_validation():
         greedy_optimality_sweep(alphas=(0.0,))
     with pytest.raises(ValueError, match="n_chains must be an integer >= 1, got 0"):
         greedy_optimality_sweep(n_chains=0)
+
+
+def test_wilson_interval_values_and_exact_coverage():
+    low, high = wilson_interval([0, 5, 10], 10)
+    assert low == pytest.approx([0.0, 0.236593, 0.722467], abs=1e-6)
+    assert high == pytest.approx([0.277533, 0.763407, 1.0], abs=1e-6)
+    for n in (50, 200):  # coverage computed exactly from the binomial distribution
+        k = np.arange(n + 1)
+        low, high = wilson_interval(k, n)
+        for p in (0.05, 0.3, 0.5, 0.9):
+            covered = (low <= p) & (p <= high)
+            assert stats.binom.pmf(k, n, p)[covered].sum() > 0.92
+    with pytest.raises(ValueError, match="successes must be counts from 0 to n = 10"):
+        wilson_interval([11], 10)
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        wilson_interval([0], 0)
+
+
+def test_sweep_reports_intervals_and_the_number_of_chains():
+    sweep = greedy_optimality_sweep(n_states=(2, 4), alphas=(0.1, 10.0), n_chains=60, length=6, seed=2)
+    for field, name in METRICS.items():
+        frac = getattr(sweep, field)
+        counts = sweep.counts(field)
+        assert np.array_equal(counts / 60, frac)
+        low, high = sweep.interval(field)
+        assert np.all((low <= frac) & (frac <= high)) and np.all(high - low > 0.02)
+        row = sweep.rows()[1]
+        assert row["n_chains"] == 60 and row[name] == frac[0, 1]
+        assert (row[f"{name} (95% low)"], row[f"{name} (95% high)"]) == (low[0, 1], high[0, 1])
+    with pytest.raises(ValueError, match="metric must be one of"):
+        sweep.counts("greedy is a mode")
