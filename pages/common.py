@@ -356,12 +356,26 @@ def _resolve_goal_only(state) -> Context:
     return Context("", None, False, 1, "", (), 0, seed, state["goal"], make_goal(state["goal"], ngram_n))
 
 
+def leave_legacy_pages_mode() -> None:
+    """Streamlit runs a server's FIRST script run in its legacy multipage mode whenever a folder named
+    ``pages/`` sits next to app.py (``PagesManager.uses_pages_directory``): the page file named by the
+    URL then runs alone, before app.py's ``st.navigation`` could switch that mode off. Switch it off
+    here and rerun, so app.py routes the same URL (its url_paths equal the file names, so the page is
+    the same). A no-op in every later run and in AppTest."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def setup_page(title: str, icon: str = "", *, sidebar: str = "full") -> Context | None:
     """Draw the shared sidebar and the page title; return the resolved Context, or show an
     st.error naming the problem (and the allowed values) and return None.
 
     ``sidebar="goal"``: only seed and goal (pages with their own toys); the Context then has
     source "", model None and steps 0, and the page checks N-gram N against its own length."""
+    leave_legacy_pages_mode()
     declare_state(_sidebar_defaults())
     st.title(f"{icon} {title}".strip())
     if sidebar == "full":

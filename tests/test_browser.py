@@ -424,13 +424,11 @@ def test_every_page_url_opens_that_page(browser_page, server):
         assert_opened(page, server, app_page, f"{where}, reopened as {written}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Streamlit quirk while a folder named pages/ sits next to app.py: a server's FIRST script run uses the legacy "
-    "pages/ multipage mode (streamlit PagesManager.uses_pages_directory) before app.py's st.navigation switches it "
-    "off, so the first request to a page URL after a start shows 'Page not found' (or, where the URL equals a file "
-    "name in pages/, runs that file alone with the legacy sidebar). Renaming pages/ fixes it; then remove this mark."))
-def test_first_request_after_a_server_start_opens_its_page(browser_page):
-    app_page = next(p for p in declared_pages() if p.name == "theory_lab")  # a page that loads no model: quick
+@pytest.mark.parametrize("name", ["theory_lab", "step_inspector", "compare"])
+def test_first_request_after_a_server_start_opens_its_page(browser_page, name):
+    """A fresh server's first script run is in Streamlit's legacy pages/ mode; the page still opens
+    (pages.common.leave_legacy_pages_mode), with the app's own sidebar and its link's settings."""
+    app_page = next(p for p in declared_pages() if p.name == name)
     with streamlit_server() as base:
         browser_page.goto(f"{base}/{app_page.url_path}?seed={URL_SEED}")
         assert_opened(browser_page, base, app_page, f"first request /{app_page.url_path}")
