@@ -28,6 +28,7 @@ from core.compare import DecoderSettings, compare
 from core.decoders import Greedy, sample_many
 from core.engine import load_default
 from core.goals import Hamming, NGramHamming
+from core.model import MTPModel
 from core.prefix_cache import BLOCK, aligned
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,3 +196,43 @@ def test_row_chunks_depend_on_the_batch_size_only():
         compute.row_chunks(0)
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         compute.set_workers(0)
+
+
+def test_every_forward_has_a_canonical_shape(engine, monkeypatch):
+    """Structural, so it holds on every CPU (the bit tests above need kernels that notice): the prefix
+    cache computes only whole blocks at block-aligned positions, and a request's own forwards — their
+    positions and shapes — are the same whether its blocks came from the cache or not."""
+    blocks, own = [], []
+    in_block = threading.local()
+    run, extend = engine.prefix_cache.backend.run, MTPModel.extend
+
+    def logged_run(state, tokens):
+        in_block.on = True
+        try:
+            return run(state, tokens)
+        finally:
+            in_block.on = False
+
+    def logged_extend(self, cache, ids):
+        entry = (cache.length, cache.batch, *ids.shape)
+        (blocks if getattr(in_block, "on", False) else own).append(entry)
+        return extend(self, cache, ids)
+
+    monkeypatch.setattr(engine.prefix_cache.backend, "run", logged_run)
+    monkeypatch.setattr(MTPModel, "extend", logged_extend)
+    prompt = engine.encode(LONG)
+
+    def request() -> list:
+        own.clear()
+        _compare_json(engine, LONG, 5)
+        engine.logprobs([prompt[:k] for k in (20, 40, 50)])
+        return list(own)
+
+    engine.prefix_cache.clear()
+    cold = request()
+    assert blocks and all(start % BLOCK == 0 and (batch, rows, t) == (1, 1, BLOCK) for start, batch, rows, t in blocks)
+    computed = len(blocks)
+    assert request() == cold and len(blocks) == computed  # all hits
+    engine.logprobs([prompt[:18] + [3] * 40])  # the cached path diverges in the second block
+    assert request() == cold
+    assert all(start % BLOCK == 0 and (batch, rows, t) == (1, 1, BLOCK) for start, batch, rows, t in blocks)
