@@ -35,8 +35,10 @@ Determinism contract (``core.engine.Engine``, ``core.hf.HFEngine`` and everythin
    Decisions that must not differ (self-speculative decoding must reproduce greedy) are recomputed
    on the canonical path when their margin is below ``NEAR_TIE_MARGIN`` (``core.speculative``).
 
-On CUDA the same holds with "thread" read as "stream": forwards are serialised per engine call and
-cuBLAS / SDPA forward kernels are deterministic for a fixed shape on one GPU model.
+On CUDA the shape rules apply unchanged and thread counts play no part (rows are not chunked there);
+it relies on cuBLAS and SDPA forward kernels giving the same bits for the same shapes on one GPU model,
+as cuBLAS documents for a fixed architecture and SM count. ``tests/test_tolerance.py`` compares CUDA
+with the CPU where a GPU is present.
 """
 
 from __future__ import annotations

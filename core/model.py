@@ -17,7 +17,9 @@ Two ways to run it:
   head's full block runs only where its prediction is wanted.
 
 A cache may sit on a frozen *base* cache of batch 1 (``KVCache.fork``): many continuations of
-one shared prompt attend to the prompt's keys without copying them per row.
+one shared prompt attend to the prompt's keys without copying them per row. ``KVCache.copy`` copies
+only filled positions (beam reordering, forks, private copies of cached prefixes) and
+``KVCache.rows`` views a chunk of rows, so chunks of one batch can be computed in parallel.
 """
 
 from __future__ import annotations

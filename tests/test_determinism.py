@@ -160,7 +160,15 @@ def test_logprobs_is_a_function_of_the_set_of_prefixes(engine):
     assert torch.equal(a[3], b[0]) and torch.equal(a[4], a[0])
 
 
-def test_worker_count_and_thread_settings_change_no_bit(engine):
+def test_worker_count_and_thread_settings_change_no_bit(engine, monkeypatch):
+    seen = set()  # intra-op thread counts every forward ran with, in callers and pool workers
+    extend = MTPModel.extend
+
+    def logged_extend(self, cache, ids):
+        seen.add(torch.get_num_threads())
+        return extend(self, cache, ids)
+
+    monkeypatch.setattr(MTPModel, "extend", logged_extend)
     prompt = engine.encode("def mean(values):\n    ")
     assert len(compute.row_chunks(96)) > 1  # the batch runs in several chunks
     reference = sample_many(engine, prompt, 5, 96, seed=4)
@@ -182,6 +190,7 @@ def test_worker_count_and_thread_settings_change_no_bit(engine):
         drawn, greedy = pool.submit(in_thread, 2).result()
     assert torch.equal(drawn.step_logprobs, reference.step_logprobs)
     assert greedy == Greedy().decode(engine, prompt, 6)
+    assert seen == {compute.INTRA_OP_THREADS}
 
 
 def test_row_chunks_depend_on_the_batch_size_only():
