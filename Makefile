@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run   - install into .venv and start the app
-#   make test  - install (plus Debian chromium for the browser test) and run the whole test suite
+#   make test  - install (plus Debian chromium for the browser test) and run the whole test suite,
+#                then the determinism-contract tests again under emulated CPUs
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,10 +28,23 @@ browser-deps:
 run: install
 	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
+# The determinism contract on other CPUs (core/compute.py): these tests run again with x86 kernels held
+# to other paths: MKL and oneDNN at AVX2 (what an AVX2-only AMD EPYC runs), ATen's own kernels at AVX2
+# and at its generic level. One emulation per pytest run (the variables are read when torch loads).
+CONTRACT_TESTS := tests/test_determinism.py tests/test_tolerance.py tests/test_speculative.py \
+	tests/test_concurrency.py tests/test_compare_core.py
+EMULATED_CPUS := default avx2
+# pytest exit code 5 (no tests collected) is a failure too
+PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc
+
 test: install browser-deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q; $(PYTEST_RC)
+	@for cpu in $(EMULATED_CPUS); do \
+	  echo "== emulated CPU: ATEN_CPU_CAPABILITY=$$cpu MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2"; \
+	  ATEN_CPU_CAPABILITY=$$cpu MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+	    $(PY) -m pytest -q -p no:cacheprovider $(CONTRACT_TESTS); $(PYTEST_RC); \
+	done
 
 lint: install
 	$(VENV)/bin/ruff check .

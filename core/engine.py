@@ -1,22 +1,28 @@
 """The shipped multi-token-prediction model as a ``NextTokenModel``.
 
-``Engine`` wraps an ``MTPModel`` and its tokenizer: batched ``logprobs(prefixes)`` (the prefixes'
-longest common prefix is cached and extended incrementally, the differing suffixes run as one
-right-padded batch on top of it), ``head_logprobs`` for every head, and incremental sessions with
-KV caches (``start``) for sampling, speculative decoding and the step inspector. Every prefix is
-preceded by the end-of-text token the model was trained with, so an empty prompt is valid.
+``Engine`` wraps an ``MTPModel`` and its tokenizer: batched ``logprobs(prefixes)``, ``head_logprobs``
+for every head, and incremental sessions with KV caches (``start``) for sampling, speculative
+decoding and the step inspector. Every prefix is preceded by the end-of-text token the model was
+trained with, so an empty prompt is valid.
+
+Determinism (the contract is in ``core.compute``): prefixes go through the shared canonical-block
+prefix cache (``core.prefix_cache``), every forward's shapes are a function of the request, each
+computing thread holds one intra-op thread, and large batches run in canonical row chunks on a
+fixed worker pool. A request's numbers therefore do not depend on the cache, on other sessions or
+on the thread settings.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from core.compute import map_chunks, pin_thread, row_chunks
 from core.model import KVCache, MTPModel
+from core.prefix_cache import PrefixCache
 from core.protocol import CachedSession, TextModel
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -25,36 +31,6 @@ DEFAULT_MODEL_DIR = ASSETS / "models" / "mtp-default"
 
 def auto_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# Longest piece a prefix is fed in by ``_extend_prefix_cache`` (the model attends per query up to 8 rows).
-PREFIX_PIECE = 8
-
-
-@contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run a CPU forward with one intra-op thread, then restore the caller's setting.
-
-    Why one thread: (1) the same request must give the same bits whatever the machine's thread
-    settings or load — MKL's results for a batch depend on how many threads split it, and exported
-    numbers, shared links and the concurrency tests rely on byte-identical results (a rule that
-    switched threads with batch size or load made them differ); (2) small forwards are faster:
-    stepping one token runs ~200 ops on [1, 256]-sized tensors, and with several threads every op
-    waits at an OpenMP barrier (measured on 2 cores under load: greedy stepping 48-200 ms/token
-    with 2 threads vs 4-7 ms with 1). The cost: large Monte Carlo batches lose the second core
-    (Compare, 32 tokens x 64 samples on 2 idle cores: 4.2 s with 2 threads, 6.2 s with 1).
-    The setting is per calling thread (OpenMP/MKL thread-local), so concurrent sessions each hold
-    their own.
-    """
-    prev = torch.get_num_threads()
-    if device.type != "cpu" or prev == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 class EngineSession(CachedSession):
@@ -81,27 +57,26 @@ class EngineSession(CachedSession):
     @torch.inference_mode()
     def feed(self, tokens) -> torch.Tensor:
         """Append tokens [B, T] (or [T] for one row); return head-1 log-probs [B, T, V] after each."""
+        pin_thread()
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.engine.device)
         if ids.dim() == 1:
             ids = ids[None, :].expand(self.batch, -1)
         self.engine.check_room(self.cache.length + ids.shape[1] - 1)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.engine.vocab_size):
             self.engine.check_tokens(ids.flatten().tolist())
-        with _one_thread(self.engine.device):
-            lp = torch.log_softmax(self.engine.model.extend(self.cache, ids).float(), dim=-1).cpu()
+        lp = self.engine._extend(self.cache, ids)
         self.last = lp[:, -1]
         return lp
-
 
     @torch.inference_mode()
     def heads(self, index: int | None = None, which: Sequence[int] | None = None) -> torch.Tensor:
         """[B, n_heads, V] log-probs of every head after token ``index`` (default: the last);
         with ``which`` (0-based head indices) only those heads, [B, len(which), V]."""
+        pin_thread()
         pos = self.cache.length - 1 if index is None else index + 1
         which = range(self.engine.n_heads) if which is None else list(which)
-        with _one_thread(self.engine.device):
-            lg = self.engine.model.head_logits(self.cache, pos, which)
-            return torch.log_softmax(lg.float(), dim=-1).cpu()
+        lg = self.engine.model.head_logits(self.cache, pos, which)
+        return torch.log_softmax(lg.float(), dim=-1).cpu()
 
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` tokens; ``last`` becomes stale until the next feed."""
@@ -109,26 +84,40 @@ class EngineSession(CachedSession):
 
     @torch.inference_mode()
     def select(self, rows: Sequence[int]) -> EngineSession:
+        """Row i of the new session is a copy of row ``rows[i]``: only filled positions are copied
+        (a beam step or fork costs the prefix's length, not the context's capacity), and a shared
+        prompt base stays shared."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
-        src = self.cache
-        new = KVCache.__new__(KVCache)
-        new.__dict__.update(src.__dict__)
-        new.batch = len(idx)
-        dev_idx = idx.to(self.engine.device)
-        new.layers = []
-        for lc in src.layers:
-            c = lc.__class__.__new__(lc.__class__)
-            c.__dict__.update(lc.__dict__)
-            c.k, c.v = lc.k.index_select(0, dev_idx), lc.v.index_select(0, dev_idx)
-            new.layers.append(c)
-        new.z = src.z.index_select(0, dev_idx)
-        return EngineSession(self.engine, new, self.last[idx])
+        cache = self.cache.copy(rows=idx.to(self.engine.device))
+        return EngineSession(self.engine, cache, self.last[idx])
+
+
+class _BlockBackend:
+    """``core.prefix_cache.BlockBackend`` over ``MTPModel`` caches of batch 1."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def empty(self) -> KVCache:
+        return self.engine.model.new_cache(1, self.engine.max_len)
+
+    def run(self, state: KVCache, tokens: list[int]) -> KVCache:
+        self.engine.model.extend(state, torch.as_tensor(tokens, dtype=torch.long, device=self.engine.device)[None])
+        return state
+
+    def truncate(self, state: KVCache, length: int) -> KVCache:
+        state.rollback(length)
+        return state
+
+    def private(self, state: KVCache, length: int, capacity: int) -> KVCache:
+        return state.copy(length, capacity)
 
 
 class Engine(TextModel):
     """A multi-head MTP model + tokenizer behind the ``NextTokenModel`` protocol."""
 
     def __init__(self, model: MTPModel, tokenizer, name: str = "mtp", device: str | torch.device | None = None):
+        pin_thread()
         self.device = torch.device(device) if device is not None else auto_device()
         self.model = model.to(self.device, dtype=torch.float32).eval()
         self.tokenizer = tokenizer
@@ -139,10 +128,7 @@ class Engine(TextModel):
         self.eos_id = cfg.eos_token_id
         self.n_heads = cfg.n_heads
         self.max_len = cfg.max_len
-        self._lock = threading.Lock()
-        self._prefix_cache: KVCache | None = None
-        self._prefix_tokens: list[int] = []
-        self._prefix_last: torch.Tensor | None = None
+        self.prefix_cache = PrefixCache(_BlockBackend(self))
 
     # ---- text ---------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -151,67 +137,60 @@ class Engine(TextModel):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-
     @property
     def max_tokens(self) -> int:
         """Longest prefix (prompt + generated tokens) the model's context holds."""
         return self.max_len - 1
 
+    # ---- forwards -----------------------------------------------------------------------------
+    def _ids(self, tokens: Sequence[int]) -> torch.Tensor:
+        return torch.as_tensor(list(tokens), dtype=torch.long, device=self.device)[None]
 
+    def _extend(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ids [B, T] into the cache; head-1 log-probs [B, T, V] (CPU float32). Large batches on
+        CPU run in canonical row chunks (``core.compute.row_chunks``) on the worker pool."""
+        B, T = ids.shape
+        chunks = row_chunks(B) if self.device.type == "cpu" else [(0, B)]
+        if len(chunks) == 1:
+            return torch.log_softmax(self.model.extend(cache, ids).float(), dim=-1).cpu()
+        start = cache.length
+
+        def part(a: int, b: int) -> torch.Tensor:
+            return torch.log_softmax(self.model.extend(cache.rows(a, b), ids[a:b]).float(), dim=-1)
+
+        out = torch.cat(map_chunks(part, chunks))
+        cache.length = start + T
+        return out
 
     # ---- NextTokenModel -----------------------------------------------------------------------
     @torch.inference_mode()
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, V] head-1 log-probs after each prefix. The prefixes are computed as a set, in a canonical
+        order: their common part once (cached whole blocks, then the rest on a private copy), then
+        every distinct row's own tokens in one right-padded batch on top of it."""
+        pin_thread()
         if len(prefixes) == 0:
             return torch.empty(0, self.vocab_size)
-        rows = [[self.bos_id, *map(int, p)] for p in prefixes]
+        rows = [(self.bos_id, *map(int, p)) for p in prefixes]
         for r in rows:
             self.check_room(len(r) - 1)
             if len(r) > 1 and (min(r) < 0 or max(r) >= self.vocab_size):
                 self.check_tokens(r)
-        common = _common_prefix_length(rows)
-        with self._lock, _one_thread(self.device):
-            base_last = self._extend_prefix_cache(rows[0][:common])
-            suffixes = [r[common:] for r in rows]
-            out = base_last.expand(len(rows), -1).clone()
-            todo = [i for i, s in enumerate(suffixes) if s]
-            if todo:
-                width = max(len(suffixes[i]) for i in todo)
-                ids = torch.zeros(len(todo), width, dtype=torch.long)
-                for j, i in enumerate(todo):
-                    ids[j, : len(suffixes[i])] = torch.as_tensor(suffixes[i])
-                fork = self._prefix_cache.fork(self.model, len(todo), width)
-                logits = self.model.extend(fork, ids.to(self.device))
-                ends = torch.as_tensor([len(suffixes[i]) - 1 for i in todo], device=self.device)
-                last = logits[torch.arange(len(todo), device=self.device), ends]
-                out[todo] = torch.log_softmax(last.float(), dim=-1).cpu()
-        return out
-
-    def _extend_prefix_cache(self, tokens: list[int]) -> torch.Tensor:
-        """Make the shared cache hold exactly ``tokens`` (reusing what matches); return head-1
-        log-probs after the last of them."""
-        cached = self._prefix_tokens
-        keep = _common_prefix_length([cached, tokens]) if self._prefix_cache is not None else 0
-        if keep == len(tokens) == len(cached):
-            return self._prefix_last
-        if self._prefix_cache is None or keep == 0:
-            self._prefix_cache = self.model.new_cache(1, self.max_len)
-            keep = 0
-        if keep == len(tokens):  # a strict prefix of what is cached: recompute its last position
-            keep -= 1
-        self._prefix_cache.rollback(keep)
-        # Fed in pieces of at most PREFIX_PIECE tokens, position 0 alone: every piece then runs the
-        # model's per-query attention, bitwise like one-token steps, so the cached rows do not depend
-        # on how earlier calls (other sessions included) split the prefix, and neither does any result.
-        starts = [keep] if keep else [0, 1]
-        starts += range(starts[-1] + PREFIX_PIECE, len(tokens), PREFIX_PIECE)
-        for a, b in zip(starts, [*starts[1:], len(tokens)]):
-            if a < b:
-                ids = torch.as_tensor(tokens[a:b], dtype=torch.long, device=self.device)[None]
-                logits = self.model.extend(self._prefix_cache, ids)
-        self._prefix_tokens = list(tokens)
-        self._prefix_last = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu()
-        return self._prefix_last
+        distinct = sorted(set(rows), key=lambda r: (len(r), r))
+        common = _common_prefix_length(distinct)
+        a, base = self.prefix_cache.base(distinct[0][:common], capacity=common)
+        shared = self.model.extend(base, self._ids(distinct[0][a:common]))
+        result = {distinct[0][:common]: torch.log_softmax(shared[0, -1].float(), dim=-1).cpu()}
+        tails = [r for r in distinct if len(r) > common]
+        if tails:
+            width = max(len(r) for r in tails) - common
+            ids = torch.zeros(len(tails), width, dtype=torch.long)
+            for j, r in enumerate(tails):
+                ids[j, : len(r) - common] = torch.as_tensor(r[common:])
+            lp = self._extend(base.fork(self.model, len(tails), width), ids.to(self.device))
+            ends = torch.as_tensor([len(r) - common - 1 for r in tails])
+            result.update(zip(tails, lp[torch.arange(len(tails)), ends]))
+        return torch.stack([result[r] for r in rows])
 
     @torch.inference_mode()
     def head_logprobs(self, prefix: Sequence[int]) -> torch.Tensor:
@@ -222,7 +201,10 @@ class Engine(TextModel):
     @torch.inference_mode()
     def start(self, prompt: Sequence[int], batch: int = 1, steps: int = 0) -> EngineSession:
         """A session of ``batch`` rows that all continue ``prompt``, with room for ``steps`` more
-        tokens (more can be fed until the context is full when batch == 1)."""
+        tokens (more can be fed until the context is full when batch == 1). The prompt's whole
+        blocks come from the prefix cache; the rest runs in one forward (batch 1), or — for several
+        rows — up to its last token once as a shared base, then the last token per row."""
+        pin_thread()
         prompt = [int(t) for t in prompt]
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -230,25 +212,18 @@ class Engine(TextModel):
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.check_room(len(prompt) + steps)
         self.check_tokens(prompt)
-        with _one_thread(self.device):
-            return self._start(prompt, batch, steps)
-
-    def _start(self, prompt: list[int], batch: int, steps: int) -> EngineSession:
-        ids = torch.as_tensor([self.bos_id, *prompt], dtype=torch.long, device=self.device)[None]
+        tokens = [self.bos_id, *prompt]
         if batch == 1:
-            cache = self.model.new_cache(1, self.max_len)
-            logits = self.model.extend(cache, ids)
-            return EngineSession(self, cache, torch.log_softmax(logits[:, -1].float(), dim=-1).cpu())
-        # the prompt once (batch 1) as a frozen base shared by all rows; the last prompt token is
-        # re-fed per row so every row holds its own trunk output for head queries.
-        base = self.model.new_cache(1, len(prompt) + 1)
-        if len(prompt) > 0:
-            self.model.extend(base, ids[:, :-1])
+            a, cache = self.prefix_cache.base(tokens, capacity=self.max_len)
+            return EngineSession(self, cache, self._extend(cache, self._ids(tokens[a:]))[:, -1])
+        if len(tokens) > 1:
+            a, base = self.prefix_cache.base(tokens[:-1], capacity=len(tokens) - 1)
+            self.model.extend(base, self._ids(tokens[a:-1]))
             cache = base.fork(self.model, batch, steps + 1)
         else:
             cache = self.model.new_cache(batch, steps + 1)
-        logits = self.model.extend(cache, ids[:, -1:].expand(batch, 1))
-        return EngineSession(self, cache, torch.log_softmax(logits[:, -1].float(), dim=-1).cpu())
+        last = self._extend(cache, self._ids(tokens[-1:]).expand(batch, 1))
+        return EngineSession(self, cache, last[:, -1])
 
 
 def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:

@@ -7,10 +7,12 @@ It never runs code from the model directory (no ``trust_remote_code``), never un
 (safetensors and GGUF only) and never touches the network (``local_files_only``).
 ``load_smollm2()`` loads the shipped real pretrained model, SmolLM2-135M-Instruct.
 
-``HFEngine`` has the interface of ``core.engine.Engine`` with one head: batched ``logprobs`` caches
-the longest common prefix of its prefixes in the model's KV cache (``DynamicCache``) and runs the
-differing suffixes on copies of it, grouped by length so no row is padded; ``start`` gives KV-cached
-sessions. Weights are float32, so it agrees with ``model.generate`` token for token.
+``HFEngine`` has the interface of ``core.engine.Engine`` with one head: batched ``logprobs`` computes
+its prefixes as a set — their common part's whole blocks from the shared canonical-block prefix cache
+(``core.prefix_cache``, the same one the shipped engine uses), then each distinct row's remaining
+tokens on a private copy, grouped by length so no row is padded; ``start`` gives KV-cached sessions.
+Weights are float32, so it agrees with ``model.generate`` token for token except at near-ties. The
+determinism contract (``core.compute``) holds here too.
 
 Start tokens. Every row the model sees is ``start_ids + tokens``, where ``start_ids`` are the special
 tokens the tokenizer puts in front of a text by default (Llama-2/3 tokenizers add BOS; GPT-2's and
@@ -36,19 +38,15 @@ from pathlib import Path
 
 import torch
 
+from core.compute import pin_thread
 from core.engine import _common_prefix_length, auto_device
+from core.prefix_cache import PrefixCache
 from core.protocol import CachedSession, TextModel
 
 SINGLE_HEAD_NOTE = "a Hugging Face causal LM predicts only the next token, so it has one head (head 1)"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MEMORY_FRACTION = 0.8  # warn when the float32 weights need more than this share of available memory
-# The shared prefix cache holds whole blocks of this many tokens, each computed by one forward on top
-# of the blocks before it, so its contents (and every ``logprobs`` result) do not depend on which
-# prefixes earlier calls, or other sessions, cached: a chunked forward differs from a one-chunk one
-# in the last bits. The rest of the common prefix runs with each row's own suffix.
-PREFIX_BLOCK = 16
-
 
 class ModelTooLargeError(ValueError):
     """The model's float32 weights would not fit in available memory; ``allow_large=True`` loads anyway."""
@@ -102,6 +100,7 @@ class HFSession(CachedSession):
     @torch.inference_mode()
     def feed(self, tokens) -> torch.Tensor:
         """Append tokens [B, T] (or [T] for every row); return log-probs [B, T, V] after each."""
+        pin_thread()
         ids = torch.as_tensor(tokens, dtype=torch.long)
         if ids.dim() == 1:
             ids = ids[None, :].expand(self.batch, -1)
@@ -130,6 +129,7 @@ class HFSession(CachedSession):
     @torch.inference_mode()
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` tokens; ``last`` becomes stale until the next feed."""
+        pin_thread()
         if not 0 <= length <= self.length:
             raise ValueError(f"length must be in [0, {self.length}], got {length}")
         keep = self.hidden + length
@@ -157,6 +157,7 @@ class HFEngine(TextModel):
     n_heads = 1
 
     def __init__(self, model, tokenizer, name: str = "hf", device: str | torch.device | None = None):
+        pin_thread()
         self.device = torch.device(device) if device is not None else auto_device()
         self.model = model.to(self.device, dtype=torch.float32).eval()
         self.tokenizer = tokenizer
@@ -172,10 +173,7 @@ class HFEngine(TextModel):
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
-        self._lock = threading.Lock()
-        self._prefix_cache = None
-        self._prefix_tokens: list[int] = []
-        self._prefix_last: torch.Tensor | None = None
+        self.prefix_cache = PrefixCache(_BlockBackend(self))
 
     def _token_id(self, *candidates) -> int | None:
         for c in candidates:
@@ -230,49 +228,28 @@ class HFEngine(TextModel):
     # ---- NextTokenModel -----------------------------------------------------------------------
     @torch.inference_mode()
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, V] log-probs after each prefix, computed as a set in a canonical order (see the module
+        docstring): one forward per length of the rows' tokens after the cached whole blocks."""
+        pin_thread()
         if len(prefixes) == 0:
             return torch.empty(0, self.vocab_size)
-        rows = [self.context_ids(p) for p in prefixes]
-        common = _common_prefix_length(rows)
-        common -= common % PREFIX_BLOCK  # the shared cache holds whole blocks only (see PREFIX_BLOCK)
-        out = torch.empty(len(rows), self.vocab_size)
-        with self._lock:
-            base = None
-            if common:
-                out[:] = self._extend_prefix_cache(rows[0][:common])
-                base = self._prefix_cache
-            by_length: dict[int, list[int]] = {}
-            for i, r in enumerate(rows):
-                if len(r) > common:
-                    by_length.setdefault(len(r) - common, []).append(i)
-            for group in by_length.values():  # one forward per suffix length: no padding anywhere
-                fork = None
-                if base is not None:
-                    fork = copy.deepcopy(base)
-                    fork.batch_repeat_interleave(len(group))
-                ids = torch.as_tensor([rows[i][common:] for i in group], dtype=torch.long)
-                logits, _ = self._forward(ids, fork, last_only=True)
-                out[group] = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
-        return out
-
-    def _extend_prefix_cache(self, tokens: list[int]) -> torch.Tensor:
-        """Make the shared batch-1 cache hold exactly ``tokens`` (reusing what matches); return the
-        log-probs after the last of them."""
-        cached = self._prefix_tokens
-        keep = _common_prefix_length([cached, tokens]) if self._prefix_cache is not None else 0
-        if keep == len(tokens) == len(cached):
-            return self._prefix_last
-        keep -= keep % PREFIX_BLOCK
-        if keep == len(tokens):  # a strict prefix of what is cached: recompute its last block
-            keep -= PREFIX_BLOCK
-        if keep == 0 or (keep < len(cached) and not _crop(self._prefix_cache, keep)):
-            self._prefix_cache, keep = None, 0
-        for start in range(keep, len(tokens), PREFIX_BLOCK):  # one forward per block, as from scratch
-            ids = torch.as_tensor(tokens[start : start + PREFIX_BLOCK], dtype=torch.long)[None]
-            logits, self._prefix_cache = self._forward(ids, self._prefix_cache, last_only=True)
-        self._prefix_tokens = list(tokens)
-        self._prefix_last = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu()
-        return self._prefix_last
+        rows = [tuple(self.context_ids(p)) for p in prefixes]
+        distinct = sorted(set(rows), key=lambda r: (len(r), r))
+        common = _common_prefix_length(distinct)
+        a, base = self.prefix_cache.base(distinct[0][:common], capacity=common)
+        by_length: dict[int, list[tuple[int, ...]]] = {}
+        for r in distinct:
+            by_length.setdefault(len(r), []).append(r)
+        result = {}
+        groups = list(by_length.values())
+        for i, group in enumerate(groups):  # one forward per length: no padding anywhere
+            fork = base if i == len(groups) - 1 else copy.deepcopy(base)
+            if fork is not None and len(group) > 1:
+                fork.batch_repeat_interleave(len(group))
+            ids = torch.as_tensor([r[a:] for r in group], dtype=torch.long)
+            logits, _ = self._forward(ids, fork, last_only=True)
+            result.update(zip(group, torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()))
+        return torch.stack([result[r] for r in rows])
 
     @torch.inference_mode()
     def head_logprobs(self, prefix: Sequence[int]) -> torch.Tensor:
@@ -282,7 +259,9 @@ class HFEngine(TextModel):
     # ---- incremental sessions -----------------------------------------------------------------
     @torch.inference_mode()
     def start(self, prompt: Sequence[int], batch: int = 1, steps: int = 0) -> HFSession:
-        """A session of ``batch`` rows that all continue ``prompt``, with room for ``steps`` more tokens."""
+        """A session of ``batch`` rows that all continue ``prompt``, with room for ``steps`` more tokens.
+        The context's whole blocks come from the prefix cache; the rest runs in one forward."""
+        pin_thread()
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if steps < 0:
@@ -290,12 +269,42 @@ class HFEngine(TextModel):
         prompt = [int(t) for t in prompt]
         self.check_room(len(prompt) + steps)
         context = self.context_ids(prompt)
-        logits, cache = self._forward(torch.as_tensor(context, dtype=torch.long)[None], None, last_only=True)
+        a, cache = self.prefix_cache.base(context, capacity=len(context) + steps)
+        logits, cache = self._forward(torch.as_tensor(context[a:], dtype=torch.long)[None], cache, last_only=True)
         last = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
         if batch > 1:
             cache.batch_repeat_interleave(batch)
         rows = torch.as_tensor(context, dtype=torch.long)[None].expand(batch, -1).clone()
         return HFSession(self, cache, rows, len(context) - len(prompt), last.expand(batch, -1).clone())
+
+
+class _BlockBackend:
+    """``core.prefix_cache.BlockBackend`` over a ``transformers`` model's cache (None: empty)."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine = engine
+
+    def empty(self):
+        return None
+
+    def run(self, state, tokens: list[int]):
+        return self.engine._forward(torch.as_tensor(tokens, dtype=torch.long)[None], state, last_only=True)[1]
+
+    def truncate(self, state, length: int):
+        return state if _crop(state, length) else None
+
+    def private(self, state, length: int, capacity: int):
+        if state is None or length == 0:
+            return None
+        state = copy.deepcopy(state)
+        if state.get_seq_length() != length and not _crop(state, length):
+            return None
+        for layer in getattr(state, "layers", ()):  # one memory layout however the state was reached
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if isinstance(tensor, torch.Tensor):
+                    setattr(layer, name, tensor.contiguous())
+        return state
 
 
 def _default_prefix(tokenizer) -> list[int]:

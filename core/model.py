@@ -17,7 +17,9 @@ Two ways to run it:
   head's full block runs only where its prediction is wanted.
 
 A cache may sit on a frozen *base* cache of batch 1 (``KVCache.fork``): many continuations of
-one shared prompt attend to the prompt's keys without copying them per row.
+one shared prompt attend to the prompt's keys without copying them per row. ``KVCache.copy`` copies
+only filled positions (beam reordering, forks, private copies of cached prefixes) and
+``KVCache.rows`` views a chunk of rows, so chunks of one batch can be computed in parallel.
 """
 
 from __future__ import annotations
@@ -72,21 +74,6 @@ class MTPOutput(ModelOutput):
     head_losses: torch.Tensor | None = None  # [n_heads]
 
 
-def _linear(x, weight, bias=None):
-    """``F.linear`` whose result for a row does not depend on how many rows come with it.
-
-    BLAS libraries multiply a single row with a matrix-vector kernel and several rows with a
-    matrix-matrix kernel that sums in another order (measured with MKL: 1 row differs in the last
-    bits from 2..8 rows, which all agree). A lone row is therefore computed as two, so a one-token
-    step and a multi-token feed (speculative verification) give bitwise equal rows; the
-    matrix-matrix kernel is also the faster one for a single row on CPU.
-    """
-    if x.numel() == x.shape[-1]:
-        flat = x.reshape(1, -1)
-        return F.linear(torch.cat([flat, flat]), weight, bias)[:1].view(*x.shape[:-1], -1)
-    return F.linear(x, weight, bias)
-
-
 def _attend(q, k_new, v_new, base_k=None, base_v=None, causal_offset: int = 0):
     """Attention of q [B,H,T,D] over an optional shared base (batch 1, all visible) followed by
     this batch's own keys k_new [B,H,L,D], of which query i sees the first causal_offset+i+1."""
@@ -97,15 +84,6 @@ def _attend(q, k_new, v_new, base_k=None, base_v=None, causal_offset: int = 0):
             return F.scaled_dot_product_attention(q, k_new, v_new)
         if L == T:
             return F.scaled_dot_product_attention(q, k_new, v_new, is_causal=True)
-        if T <= 8:
-            # a few new queries over a cache (speculative verification): each query attends over
-            # its own prefix exactly as a one-token step would, so the rows are bitwise equal to
-            # one-token steps (a masked call sums in another order)
-            return torch.cat([
-                F.scaled_dot_product_attention(q[:, :, i : i + 1], k_new[:, :, : causal_offset + i + 1],
-                                               v_new[:, :, : causal_offset + i + 1])
-                for i in range(T)
-            ], dim=2)
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(causal_offset)
         return F.scaled_dot_product_attention(q, k_new, v_new, attn_mask=mask)
     scale = 1.0 / math.sqrt(D)
@@ -157,12 +135,12 @@ class Block(nn.Module):
     def keys_values(self, x):
         """Keys and values [B,H,T,D] of inputs x [B,T,d] (no query, no MLP)."""
         d = x.shape[-1]
-        k, v = _linear(self.ln1(x), self.qkv.weight[d:], self.qkv.bias[d:]).chunk(2, dim=-1)
+        k, v = F.linear(self.ln1(x), self.qkv.weight[d:], self.qkv.bias[d:]).chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
     def step(self, x, layer_cache: LayerCache, start: int):
         """Run x [B,T,d] at positions start..start+T-1, writing its keys/values into the cache."""
-        q, k, v = _linear(self.ln1(x), self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
+        q, k, v = F.linear(self.ln1(x), self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
         T = x.shape[1]
         layer_cache.write(start, self._split(k), self._split(v))
         return self.query(x, self._split(q), layer_cache, start + T)
@@ -173,9 +151,9 @@ class Block(nn.Module):
         T = q.shape[2]
         k_own, v_own = layer_cache.view(upto)
         a = _attend(q, k_own, v_own, layer_cache.base_k, layer_cache.base_v, k_own.shape[2] - T)
-        x = x + _linear(self._merge(a), self.proj.weight, self.proj.bias)
-        h = F.gelu(_linear(self.ln2(x), self.fc.weight, self.fc.bias))
-        return x + _linear(h, self.out.weight, self.out.bias)
+        x = x + F.linear(self._merge(a), self.proj.weight, self.proj.bias)
+        h = F.gelu(F.linear(self.ln2(x), self.fc.weight, self.fc.bias))
+        return x + F.linear(h, self.out.weight, self.out.bias)
 
 
 class LayerCache:
@@ -199,6 +177,28 @@ class LayerCache:
 
     def view_all(self):
         return self.k, self.v
+
+    def rows(self, a: int, b: int) -> LayerCache:
+        """Rows [a, b) as a view sharing this cache's buffers (writes go through)."""
+        view = LayerCache.__new__(LayerCache)
+        view.__dict__.update(self.__dict__)
+        view.k, view.v = self.k[a:b], self.v[a:b]
+        return view
+
+    def copy(self, filled: int, capacity: int, idx: torch.Tensor | None) -> LayerCache:
+        """New buffers of ``capacity`` own positions holding the first ``filled`` own positions of the
+        rows ``idx`` (all rows when None); only filled positions are copied, the base stays shared."""
+        k, v = self.k[:, :, :filled], self.v[:, :, :filled]
+        if idx is not None:
+            k, v = k.index_select(0, idx), v.index_select(0, idx)
+        new = LayerCache.__new__(LayerCache)
+        new.__dict__.update(self.__dict__)
+        B, H, _, D = k.shape
+        new.k = self.k.new_empty(B, H, capacity, D)
+        new.v = self.v.new_empty(B, H, capacity, D)
+        new.k[:, :, :filled] = k
+        new.v[:, :, :filled] = v
+        return new
 
 
 class KVCache:
@@ -239,6 +239,37 @@ class KVCache:
         if self.offset:
             raise ValueError("cannot fork a cache that is itself a fork")
         return KVCache(model, batch, capacity, base=self)
+
+    def rows(self, a: int, b: int) -> KVCache:
+        """Rows [a, b) as a cache view sharing this cache's buffers: ``MTPModel.extend`` on it writes
+        into this cache (row chunks computed in parallel). The caller sets ``length`` afterwards."""
+        view = KVCache.__new__(KVCache)
+        view.__dict__.update(self.__dict__)
+        view.batch = b - a
+        view.layers = [lc.rows(a, b) for lc in self.layers]
+        view.z = self.z[a:b]
+        return view
+
+    def copy(self, length: int | None = None, capacity: int | None = None,
+             rows: torch.Tensor | None = None) -> KVCache:
+        """A cache holding the first ``length`` positions (default: all filled) of the rows ``rows``
+        (default: all), with room for ``capacity`` own positions (default: this cache's). Copies the
+        filled positions only, never the whole capacity; a base stays shared, not copied."""
+        length = self.length if length is None else length
+        capacity = self.capacity if capacity is None else capacity
+        if not self.offset <= length <= self.length:
+            raise ValueError(f"copy length must be in [{self.offset}, {self.length}], got {length}")
+        filled = length - self.offset
+        if capacity < filled:
+            raise ValueError(f"capacity {capacity} is below the {filled} positions to copy")
+        new = KVCache.__new__(KVCache)
+        new.__dict__.update(self.__dict__)
+        new.layers = [lc.copy(filled, capacity, rows) for lc in self.layers]
+        z = self.z[:, :filled] if rows is None else self.z[:, :filled].index_select(0, rows)
+        new.z = self.z.new_empty(z.shape[0], capacity, z.shape[2])
+        new.z[:, :filled] = z
+        new.batch, new.capacity, new.length = z.shape[0], capacity, length
+        return new
 
     def rollback(self, length: int):
         if not self.offset <= length <= self.length:
@@ -286,7 +317,7 @@ class MTPModel(PreTrainedModel):
         self.wte = value
 
     def unembed(self, h):
-        return _linear(self.ln_f(h), self.wte.weight)
+        return F.linear(self.ln_f(h), self.wte.weight)
 
     def forward(self, input_ids, labels=None, **_):
         B, T = input_ids.shape
@@ -339,7 +370,7 @@ class MTPModel(PreTrainedModel):
         outs = []
         for j in heads:
             block = self.heads[j]
-            q = block._split(_linear(block.ln1(z), block.qkv.weight[:d], block.qkv.bias[:d]))
+            q = block._split(F.linear(block.ln1(z), block.qkv.weight[:d], block.qkv.bias[:d]))
             outs.append(block.query(z, q, cache.layers[n_trunk + j], position + 1))
         return self.unembed(torch.cat(outs, dim=1))  # one unembedding for all heads
 

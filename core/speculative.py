@@ -12,10 +12,16 @@ model, heads 2..k draft. One iteration, holding the cache up to the last committ
    token after the last kept one (the *bonus*): 1 to k tokens per model pass. Roll the KV cache
    back over the rejected positions and draft again from the last kept one.
 
-The output equals ``Greedy().decode(engine, prompt, steps)`` token for token: the verification
-uses the engine's head-1 log-probabilities and the same tie rule (lowest token id), and the
-engine computes every row of a multi-token feed bitwise like a one-token step
-(``tests/test_speculative.py`` checks both).
+The output equals ``Greedy().decode(engine, prompt, steps)`` token for token on every CPU, by
+construction rather than by kernel luck. A k-token verification feed and greedy's one-token steps are
+different shapes, so their log-probs may differ in the last bits (within
+``core.compute.LOGPROB_TOLERANCE``; see the determinism contract there). Where head 1's top-2 margin
+is at least ``core.compute.NEAR_TIE_MARGIN`` (far above twice that tolerance) both computations
+pick the same token. Below it — a near-tie — the decision is *replayed* on greedy's own shape
+path: the very calls ``Greedy().decode`` makes (``engine.start(prompt, batch=1, steps=steps)``,
+then one token per ``advance``), made lazily on a second session that catches up with the
+committed tokens. Ties break to the lowest token id on both paths. ``SpeculativeResult.replays``
+counts the replayed decisions and ``replay_forwards`` the model passes they cost.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from core.compute import NEAR_TIE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Trace:
         accepted: how many drafts were kept (a leading run of ``drafted``).
         bonus: head 1's token after the last kept one (committed for free).
         committed: the new output tokens this pass adds: ``drafted[:accepted] + (bonus,)``.
+        replayed: indices into ``predicted`` whose decision was a near-tie, recomputed on greedy's
+            own shape path (the replayed token is the one in ``predicted``).
     """
 
     position: int
@@ -47,6 +57,7 @@ class Trace:
     predicted: tuple[int, ...]
     accepted: int
     bonus: int
+    replayed: tuple[int, ...] = ()
 
     @property
     def committed(self) -> tuple[int, ...]:
@@ -59,11 +70,14 @@ class SpeculativeResult:
 
     Attributes:
         tokens: the new tokens (equal to greedy decoding's).
-        forwards: model passes: the prompt pass plus one verification pass per iteration (greedy
-            decoding uses ``steps``).
+        forwards: model passes: the prompt pass, one verification pass per iteration, and the
+            ``replay_forwards`` (greedy decoding uses ``steps``).
         draft_passes: head-only passes that drafted (k-1 head blocks at one cached position).
         heads: k, the number of heads used (head 1 verifies, heads 2..k draft).
-        traces: one ``Trace`` per model pass, in order.
+        traces: one ``Trace`` per prompt or verification pass, in order.
+        replays: near-tie decisions recomputed on greedy's own shape path.
+        replay_forwards: model passes the replays cost (greedy's prompt pass and one-token steps up to
+            the last replayed decision, each made once).
     """
 
     tokens: tuple[int, ...]
@@ -71,10 +85,12 @@ class SpeculativeResult:
     draft_passes: int
     heads: int
     traces: tuple[Trace, ...]
+    replays: int = 0
+    replay_forwards: int = 0
 
     @property
     def tokens_per_forward(self) -> float:
-        """Committed tokens per model pass (greedy decoding: 1.0; at most k)."""
+        """Committed tokens per model pass, replays included (greedy decoding: 1.0; at most k)."""
         return len(self.tokens) / self.forwards
 
     @property
@@ -102,8 +118,42 @@ class SpeculativeResult:
 
 def _argmax(logprobs: torch.Tensor) -> torch.Tensor:
     """Argmax over the last axis; torch returns the first maximum, i.e. ties go to the lowest id
-    (the rule of ``core.decoders.Greedy``)."""
+    (the rule of ``core.decoders.Greedy``: its scores add one float64 constant to every float32
+    log-prob, which keeps their order — two float32 log-probs a float64 rounding could merge would
+    both have to exceed -2e-6, i.e. probabilities summing past 1)."""
     return torch.argmax(logprobs, dim=-1)
+
+
+def _margins(logprobs: torch.Tensor) -> list[float]:
+    """Top-2 margin of each row of [T, V] log-probs (nats)."""
+    top = torch.topk(logprobs, 2, dim=-1).values
+    return (top[:, 0] - top[:, 1]).tolist()
+
+
+class _GreedyPath:
+    """The calls ``Greedy().decode(engine, prompt, steps)`` makes — ``start(prompt, batch=1, steps)``,
+    then one token per ``advance`` — made lazily, to decide near-ties exactly as greedy does."""
+
+    def __init__(self, engine, prompt: list[int], steps: int):
+        self.engine, self.prompt, self.steps = engine, prompt, steps
+        self.session = None
+        self.fed: list[int] = []
+        self.forwards = 0
+        self.replays = 0
+
+    def decide(self, tokens: list[int]) -> int:
+        """Greedy's token after ``prompt + tokens``, where ``tokens`` extends every earlier call's."""
+        if self.session is None:
+            self.session = self.engine.start(self.prompt, batch=1, steps=self.steps)
+            self.forwards += 1
+        if tokens[: len(self.fed)] != self.fed:
+            raise AssertionError("greedy's path only moves forward")
+        for t in tokens[len(self.fed) :]:
+            self.session.advance([t])
+            self.forwards += 1
+        self.fed = list(tokens)
+        self.replays += 1
+        return int(_argmax(self.session.last[0]))
 
 
 def _check(engine, prompt: Sequence[int], steps, heads) -> tuple[list[int], int]:
@@ -129,13 +179,15 @@ def _check(engine, prompt: Sequence[int], steps, heads) -> tuple[list[int], int]
 
 def self_speculative(engine, prompt: Sequence[int], steps: int, heads: int | None = None) -> SpeculativeResult:
     """Greedy decoding of ``steps`` tokens after ``prompt`` with heads 2..``heads`` (default: all)
-    drafting and head 1 verifying; output identical to ``Greedy().decode(engine, prompt, steps)``.
+    drafting and head 1 verifying; output identical to ``Greedy().decode(engine, prompt, steps)``
+    (near-ties replayed on greedy's path, see the module docstring).
 
     Raises ValueError for a model without extra heads, steps < 1, heads outside [2, n_heads],
     token ids outside the vocabulary, or prompt + steps longer than the context.
     """
     prompt, k = _check(engine, prompt, steps, heads)
-    session = engine.start(prompt, batch=1, steps=steps)
+    session = engine.start(prompt, batch=1, steps=steps)  # greedy's own first call: its first decision
+    greedy = _GreedyPath(engine, prompt, steps)
     nxt = int(_argmax(session.last[0]))
     traces = [Trace(len(prompt), (), (), (nxt,), 0, nxt)]
     tokens = [nxt]
@@ -148,12 +200,21 @@ def self_speculative(engine, prompt: Sequence[int], steps: int, heads: int | Non
             draft_passes += 1
         before = session.length
         fed = [nxt, *drafts]
-        predicted = _argmax(session.feed(fed)[0]).tolist()
+        lp = session.feed(fed)[0]
+        predicted = _argmax(lp).tolist()
+        margins = _margins(lp)
+        replayed = []
         accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == predicted[accepted]:
+        for i in range(len(fed)):  # decide until the first draft greedy would not have chosen
+            if margins[i] < NEAR_TIE_MARGIN:
+                predicted[i] = greedy.decide(tokens + drafts[:i])
+                replayed.append(i)
+            if i == len(drafts) or drafts[i] != predicted[i]:
+                break
             accepted += 1
         nxt = predicted[accepted]
         session.rollback(before + accepted + 1)
-        traces.append(Trace(before, tuple(fed), tuple(drafts), tuple(predicted), accepted, nxt))
+        traces.append(Trace(before, tuple(fed), tuple(drafts), tuple(predicted), accepted, nxt, tuple(replayed)))
         tokens.extend([*drafts[:accepted], nxt])
-    return SpeculativeResult(tuple(tokens), len(traces), draft_passes, k, tuple(traces))
+    return SpeculativeResult(tuple(tokens), len(traces) + greedy.forwards, draft_passes, k, tuple(traces),
+                             greedy.replays, greedy.forwards)

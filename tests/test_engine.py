@@ -74,3 +74,23 @@ def test_deterministic_on_cpu(tiny_engine):
     a = tiny_engine.logprobs([p, p + [5]])
     b = tiny_engine.logprobs([p + [5], p])
     assert torch.equal(a[0], b[1]) and torch.equal(a[1], b[0])
+
+
+def test_select_copies_filled_positions_and_shares_the_base(tiny_engine):
+    e = tiny_engine
+    prompt = e.encode("def f(x):\n    return x")
+    fork = e.start(prompt, batch=3, steps=4)
+    fork.advance([1, 2, 3])
+    picked = fork.select([2, 0])
+    for src, new in zip(fork.cache.layers, picked.cache.layers):
+        assert new.base_k.data_ptr() == src.base_k.data_ptr()  # the prompt base is shared, not copied
+        filled = fork.cache.length - fork.cache.offset
+        assert torch.equal(new.k[:, :, :filled], src.k[[2, 0], :, :filled])
+    one = e.start(prompt, steps=3)  # batch 1: capacity is the whole context, only the prompt is filled
+    one.advance([4])
+    beams = one.select([0, 0])
+    assert beams.cache.capacity == one.cache.capacity and beams.cache.length == one.cache.length
+    before = one.last.clone()
+    beams.advance([5, 6])
+    assert torch.equal(one.last, before)  # the source session is untouched
+    assert torch.allclose(beams.last[1], head1(e, prompt + [4, 6])[0], atol=1e-5)

@@ -238,22 +238,50 @@ def test_empty_prompt_without_bos_or_eos_is_refused(gpt2):
     assert engine.logprobs([[5]]).shape == (1, engine.vocab_size)
 
 
-def test_concurrent_logprobs_share_the_prefix_cache_safely(gpt2):
-    prefixes = [gpt2.encode(t) for t in PROMPTS] + [gpt2.encode(PROMPTS[0])[:k] for k in (2, 4, 6)]
-    expected = [gpt2.logprobs([p])[0] for p in prefixes]
-    results: dict[int, torch.Tensor] = {}
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_concurrent_logprobs_give_the_bits_each_gives_alone(name, request):
+    """The determinism contract (core.compute): the same request, the same bits, whatever other threads
+    do with the shared prefix cache meanwhile."""
+    engine = request.getfixturevalue(name)
+    long = engine.encode(" ".join(PROMPTS) * 2)[:40]
+    prefixes = [engine.encode(t) for t in PROMPTS] + [long[:k] for k in (2, 17, 33, 40)]
+    expected = [engine.logprobs([p, prefixes[(i + 1) % len(prefixes)]]) for i, p in enumerate(prefixes)]
+    results: dict[int, list[torch.Tensor]] = {}
 
     def work(i):
-        for _ in range(5):
-            results[i] = gpt2.logprobs([prefixes[i], prefixes[(i + 1) % len(prefixes)]])[0]
+        results[i] = [engine.logprobs([prefixes[i], prefixes[(i + 1) % len(prefixes)]]) for _ in range(5)]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prefixes))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for i, lp in results.items():
-        torch.testing.assert_close(lp, expected[i], atol=2e-5, rtol=0)
+    for i, runs in results.items():
+        assert all(torch.equal(lp, expected[i]) for lp in runs), i
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_prefix_cache_hit_and_a_miss_give_the_same_bits(name, request):
+    engine = request.getfixturevalue(name)
+    prompt = engine.encode(" ".join(PROMPTS) * 2)[:45]  # two whole blocks and a bit (blocks of 16)
+
+    def everything():
+        session = engine.start(prompt, batch=2, steps=3)
+        session.advance([1, 2])
+        return [engine.logprobs([prompt[:20], prompt[:33], prompt, prompt + [7]]), engine.logprobs([prompt]),
+                session.last, engine.start(prompt[:38]).feed([4, 5])]
+
+    engine.prefix_cache.clear()
+    cold = everything()
+    misses = engine.prefix_cache.misses
+    warm = everything()
+    assert engine.prefix_cache.misses == misses  # every block came from the cache
+    engine.logprobs([prompt[:18] + [3] * 20])  # the cached path diverges in the second block
+    diverged = everything()
+    for a, b, c in zip(cold, warm, diverged):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    for row, p in zip(cold[0], [prompt[:20], prompt[:33], prompt, prompt + [7]]):  # and they are right
+        torch.testing.assert_close(row, full_forward_logprobs(engine, p), atol=2e-5, rtol=0)
 
 
 def test_engine_bad_inputs(gpt2):
@@ -411,6 +439,17 @@ def test_smollm2_is_a_real_model_from_the_cache(smollm2):
     assert load_smollm2() is smollm2
     paris = greedy_by_session(smollm2, smollm2.encode("The capital of France is"), 2)
     assert smollm2.decode(paris) == " Paris."
+
+
+def test_smollm2_prefix_cache_hit_and_miss_give_the_same_bits(smollm2):
+    prompt = smollm2.encode("Once upon a time, in a small village at the edge of a forest, there lived an old "
+                            "clockmaker who")
+    assert len(prompt) > 16
+    smollm2.prefix_cache.clear()
+    cold = smollm2.logprobs([prompt, prompt[:10] + [11]])
+    smollm2.logprobs([prompt[:17] + [5, 6]])
+    assert torch.equal(smollm2.logprobs([prompt, prompt[:10] + [11]]), cold)
+    torch.testing.assert_close(cold[0], full_forward_logprobs(smollm2, prompt), atol=1e-4, rtol=0)
 
 
 def test_smollm2_greedy_matches_generate(smollm2):
