@@ -69,8 +69,9 @@ def _seconds(fn) -> float:
     return time.perf_counter() - t
 
 
-def flops_per_token(engine, prompt, rows: int) -> float:
-    """FLOPs of one batched step (``advance``) of ``rows`` rows, per row."""
+def flops_per_token(engine, prompt, rows: int = 16) -> float:
+    """FLOPs of one batched step (``advance``) of ``rows`` rows, per row (few rows: one chunk, computed on
+    the calling thread, where the counter sees it; larger batches run chunks on worker threads)."""
     session = engine.start(prompt, batch=rows, steps=4)
     with FlopCounterMode(display=False) as counter:
         session.advance([1] * rows)
@@ -117,7 +118,7 @@ def main(repeats: int = 2) -> dict[str, float]:
     results.update(seed_s=t["seed"], goal_s=max(t["goal"], t["goal_hamming"]))
 
     t = interleaved({"sample_many": lambda: sample_many(engine, prompt, FLOOR_STEPS, FLOOR_ROWS, 0)}, repeats)
-    per_token = flops_per_token(engine, prompt, min(FLOOR_ROWS, 256))
+    per_token = flops_per_token(engine, prompt)
     tokens_s = FLOOR_ROWS * FLOOR_STEPS / t["sample_many"]
     for threads in sorted({1, torch.get_num_threads()}):
         rate = matmul_rate(threads)
