@@ -1,20 +1,27 @@
-"""Every decoder side by side under one goal: the Compare page's whole computation, as one pure
-function so it can be benchmarked, tested and cached.
+"""Every decoder side by side under one goal: the Compare page's whole computation, as pure functions
+so it can be benchmarked, tested and cached stage by stage.
 
 ``compare(model, prompt, steps, seed, goal, settings, n_samples)`` decodes with greedy, lookahead,
-sampling at temperature τ, top-k and top-p sampling, beam search, ancestral sampling (τ = 1) and the
-goal's Bayes output, and scores each by its risk (expected loss) under the goal, with the model as
-the truth P:
+sampling at temperature τ, top-k and top-p sampling, beam search, ancestral sampling (τ = 1), MBR under
+the goal (pointwise goals) and the goal's Bayes output, and scores each by its risk (expected loss)
+under the goal and its regret (risk − the Bayes output's risk), with the model as the truth P:
 
-* toys (enumerable): ``exact_risk``, exact over P and the decoder's own randomness, and the exact
-  ``bayes_output``;
-* any other model: ``estimate_risk`` (Monte Carlo, ``n_samples`` truth rows shared by all decoders,
-  95% CI) and ``approx_bayes_output`` (says whether it is certainly optimal).
+* toys (enumerable): everything exact (``exact_risk``, ``bayes_output``); MBR still samples its
+  candidates and references, and its pick is scored exactly;
+* any other model: one truth rollout (``core.rollout``) of ``n_samples`` rows scores every output with
+  the goal's own estimator. The Bayes output (except the 0-1 mode, found by search) and MBR's pick are
+  chosen on fold A of the truth rows and scored on fold B; each regret is the paired difference on the
+  rows independent of every choice, with its own interval (so a regret can be negative when a decoder
+  beats an approximate Bayes output).
 
-Regret = risk − the Bayes output's risk. Random decoders are shown by one draw (seeded), and
-``settings.shown_samples`` draws of P itself are returned for display. Compute budgets are explicit
-(``NEURAL_NODE_BUDGET``, ``MAX_NEURAL_LOOKAHEAD``, ``N_SAMPLES_RANGE``, ``MC_TOKEN_BUDGET``) so no setting can
-hang a page.
+Stages, each cacheable on its own (the page does): ``decode_fixed`` (greedy, lookahead, beam: no seed),
+``draw`` (every random draw and the truth rollout: seed and n_samples, and only the goal's family:
+pointwise or distribution matching), ``score`` (the goal: Bayes output, MBR pick, one teacher-forced pass
+over the displayed outputs, the estimates), so a change of goal within a family reuses the rollout and a
+change of seed reuses the deterministic decoders.
+
+Compute budgets are explicit (``NEURAL_NODE_BUDGET``, ``MAX_NEURAL_LOOKAHEAD``, ``N_SAMPLES_RANGE``,
+``MC_TOKEN_BUDGET``) so no setting can hang a page.
 """
 
 from __future__ import annotations
@@ -26,36 +33,36 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.decoders import (
-    Beam,
-    Fixed,
-    Greedy,
-    Lookahead,
-    Path,
-    Sampling,
-    check_call,
-    sample_groups,
-    sample_many,
-    sum_in_order,
-)
-from core.goals import DistributionMatch
-from core.risk import (
-    Estimate,
-    WindowMarginals,
-    _derived_seed,
-    approx_bayes_output,
-    bayes_output,
-    estimate_risks,
-    exact_risk,
+from core.compute import pin_thread
+from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_groups, sample_many
+from core.estimators import Estimate
+from core.mbr import MBR, EpsilonCut, pick
+from core.risk import GreedyCertificate, certificate_from_scores, exact_risk
+from core.rollout import (
+    DRAWS_STREAM,
+    MBR_STREAM,
+    Columns,
+    Rollout,
+    derived_seed,
+    draw_targets,
+    padded_rows,
+    path_targets,
+    roll_out,
+    sampler_draws,
+    score_outputs,
 )
 
 NEURAL_NODE_BUDGET = 256  # best-first expansions per committed token for lookahead on a neural model
 BAYES_NODE_BUDGET = 256  # expansions for the mode search on a neural model (then beam fallback, labelled approximate)
 MAX_NEURAL_LOOKAHEAD = 4  # deepest lookahead offered on a neural model (cost grows with depth)
 MAX_BEAM_WIDTH = 16
+MBR_CANDIDATES_RANGE = (1, 64)
 N_SAMPLES_RANGE = (16, 1024)  # Monte Carlo truth rows on a neural model
 MAX_SHOWN_SAMPLES = 10
-MC_TOKEN_BUDGET = 1 << 17  # Monte Carlo token evaluations (samples x tokens per sample) on a neural model
+MC_TOKEN_BUDGET = 1 << 17  # tokens sampled per request (every row drawn x steps) on a neural model
+FIXED_KEYS = ("greedy", "lookahead", "beam")
+MBR_CITATIONS = ("Eikema & Aziz 2020: the mode is an inadequate target, and MBR over about 30 samples beats "
+                 "beam search; Bertsch et al. 2023: MBR under ROUGE-1 beats greedy and beam search under ROUGE-1")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class DecoderSettings:
     top_p: float = 0.9
     beam_width: int = 4
     shown_samples: int = 3
+    mbr_candidates: int = 32
+    mbr_epsilon: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -84,15 +93,16 @@ class Output:
 @dataclass(frozen=True)
 class Row:
     """One decoder's result. ``output`` is its decoded sequence (one seeded draw for a random
-    decoder); ``risk`` its expected loss under the goal; ``regret`` = risk − the Bayes output's."""
+    decoder); ``risk`` its expected loss under the goal; ``regret`` = risk − the Bayes output's,
+    estimated on the same truth rows (paired) with its own interval."""
 
-    key: str  # stable id: greedy, lookahead, sampling, top_k, top_p, beam, ancestral, bayes
+    key: str  # stable id: greedy, lookahead, sampling, top_k, top_p, beam, ancestral, mbr, bayes
     label: str
     settings: str  # the decoder's dataclass repr, e.g. "Sampling(temperature=0.7, top_k=None, top_p=None)"
     is_random: bool
     output: Output
     risk: Estimate
-    regret: float
+    regret: Estimate
     note: str = ""
 
 
@@ -107,6 +117,10 @@ class Comparison:
     exact: bool  # every risk exact (toys)
     bayes_exact: bool  # the Bayes output is certainly optimal
     bayes_method: str
+    n_select: int = 0  # truth rows of fold A (choosing the Bayes output and MBR); 0 when none were used
+    mbr_method: str = ""  # how MBR picked ("" when the goal has no MBR)
+    mbr_exact: bool = False  # MBR's expected losses are exact (0-1, or a toy)
+    certificate: GreedyCertificate | None = None
 
     def to_json(self, settings: DecoderSettings | None = None, prompt: Sequence[int] = ()) -> str:
         """Decoder settings, seed, tokens and risks as JSON; byte-identical for identical inputs
@@ -114,6 +128,8 @@ class Comparison:
         doc = {
             "goal": self.goal, "steps": self.steps, "seed": self.seed, "n_samples": self.n_samples,
             "exact": self.exact, "bayes_exact": self.bayes_exact, "bayes_method": self.bayes_method,
+            "n_select": self.n_select, "mbr_method": self.mbr_method, "mbr_exact": self.mbr_exact,
+            "certificate": asdict(self.certificate) if self.certificate is not None else None,
             "prompt_tokens": [int(t) for t in prompt],
             "settings": asdict(settings) if settings is not None else None,
             "rows": [asdict(r) for r in self.rows],
@@ -126,10 +142,16 @@ class Comparison:
         return [
             {"decoder": r.label, "output": r.output.text if r.output.text is not None else r.output.tokens,
              "risk": r.risk.mean, "ci_low": r.risk.ci_low, "ci_high": r.risk.ci_high,
-             "regret": r.regret, "exact": r.risk.exact, "n": r.risk.n, "log P(output)": sum(r.output.step_logprobs),
+             "regret": r.regret.mean, "regret_low": r.regret.ci_low, "regret_high": r.regret.ci_high,
+             "exact": r.risk.exact, "n": r.risk.describe_n(), "log P(output)": sum(r.output.step_logprobs),
              "settings": r.settings}
             for r in self.rows
         ]
+
+    @property
+    def small_n(self) -> list[str]:
+        """Labels of the rows whose risk or regret interval rests on too few rows or draws (``Estimate.small``)."""
+        return [r.label for r in self.rows if r.risk.small or r.regret.small]
 
 
 def _finite(x):
@@ -148,7 +170,8 @@ def is_exact_model(model) -> bool:
 
 
 def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str, object]]:
-    """(key, decoder) for every decoder compared; ValueError naming a bad setting and its range."""
+    """(key, decoder) for every decoder compared besides MBR and the Bayes output; ValueError naming a
+    bad setting and its range."""
     s = settings
     max_depth = steps if exact else min(steps, MAX_NEURAL_LOOKAHEAD)
     if not isinstance(s.lookahead_depth, int) or not 1 <= s.lookahead_depth <= max_depth:
@@ -158,6 +181,10 @@ def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str
         raise ValueError(f"beam width must be an integer from 1 to {MAX_BEAM_WIDTH}, got {s.beam_width!r}")
     if not isinstance(s.shown_samples, int) or not 0 <= s.shown_samples <= MAX_SHOWN_SAMPLES:
         raise ValueError(f"samples shown must be an integer from 0 to {MAX_SHOWN_SAMPLES}, got {s.shown_samples!r}")
+    lo, hi = MBR_CANDIDATES_RANGE
+    if not isinstance(s.mbr_candidates, int) or not lo <= s.mbr_candidates <= hi:
+        raise ValueError(f"MBR candidates must be an integer from {lo} to {hi}, got {s.mbr_candidates!r}")
+    EpsilonCut(s.mbr_epsilon)
     budget = {} if exact else {"node_budget": NEURAL_NODE_BUDGET}
     return [
         ("greedy", Greedy()),
@@ -170,67 +197,29 @@ def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str
     ]
 
 
-def _check_mc_budget(goal, steps: int, n_samples: int) -> None:
-    """ValueError when the Monte Carlo estimates would evaluate more than ``MC_TOKEN_BUDGET`` tokens:
-    every truth row runs ``steps`` tokens, and an N-gram goal teacher-forces N-1 more per later window."""
-    per_row = steps
-    if not isinstance(goal, DistributionMatch):
-        n = goal.window(steps)
-        per_row += (steps - n) * (n - 1)
-    if n_samples * per_row > MC_TOKEN_BUDGET:
-        raise ValueError(f"Monte Carlo budget: samples x tokens per sample must be at most {MC_TOKEN_BUDGET:,}, got "
-                         f"{n_samples} x {per_row} = {n_samples * per_row:,}; lower the Monte Carlo samples, the steps "
-                         "or N")
+def _draw_specs(settings: DecoderSettings, seed: int, n_samples: int, exact: bool, random,
+                pointwise: bool = True) -> list[tuple]:
+    """(name, (rows, seed, sampler)) of every random draw of a request, in walk order: each random
+    decoder's Monte Carlo draws (neural models, pointwise goals; not sampling from P, which the truth
+    rows represent), its one shown draw (``decoder.decode(seed)``), MBR's ε-sampled candidates (pointwise
+    goals), the samples from P shown."""
+    specs = []
+    if not exact and pointwise:
+        m, ds = sampler_draws(n_samples), derived_seed(seed, DRAWS_STREAM)
+        specs += [(f"draws:{key}", (m, ds, d)) for key, d in random if not d.is_identity]
+    specs += [(f"shown:{key}", (1, seed, d)) for key, d in random]
+    if pointwise and not exact:  # on a toy MBR draws its own candidates and references
+        specs.append(("mbr", (settings.mbr_candidates, derived_seed(seed, MBR_STREAM),
+                              EpsilonCut(settings.mbr_epsilon))))
+    if settings.shown_samples:
+        specs.append(("samples", (settings.shown_samples, seed + 1, None)))
+    return specs
 
 
-def token_ranks(model, prompt: Sequence[int], tokens: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """Each token's log-prob and rank (1 = most likely; ties count in the token's favour) given the
-    prompt and the tokens before it: one batched ``logprobs`` call."""
-    return token_ranks_many(model, prompt, [tokens])[0]
-
-
-def token_ranks_many(model, prompt: Sequence[int], outputs: Sequence[Sequence[int]]
-                     ) -> list[tuple[tuple[float, ...], tuple[int, ...]]]:
-    """``token_ranks`` of several outputs of the same length from ONE ``logprobs`` call over all
-    their prefixes (each row as in its own call: a model's rows do not depend on the batch)."""
-    prompt = [int(t) for t in prompt]
-    outputs = [[int(t) for t in tokens] for tokens in outputs]
-    steps = len(outputs[0]) if outputs else 0
-    if any(len(o) != steps for o in outputs):
-        raise ValueError("token_ranks_many needs outputs of one length")
-    if not steps:
-        return [((), ()) for _ in outputs]
-    lp = model.logprobs([prompt + o[:t] for o in outputs for t in range(steps)]).double()
-    chosen = lp[torch.arange(lp.shape[0]), torch.as_tensor(outputs).reshape(-1)]
-    ranks = (1 + (lp > chosen[:, None]).sum(dim=1)).reshape(len(outputs), steps)
-    chosen = chosen.reshape(len(outputs), steps)
-    return [(tuple(c.tolist()), tuple(int(r) for r in rk.tolist())) for c, rk in zip(chosen, ranks)]
-
-
-def _outputs(model, prompt, outputs: Sequence[Sequence[int]]) -> list[Output]:
-    """Display rows of several outputs (one ``logprobs`` call for all)."""
-    text = hasattr(model, "decode") and not is_exact_model(model)
-    return [Output(tuple(int(t) for t in tokens), logprobs, ranks, model.decode(list(tokens)) if text else None)
-            for tokens, (logprobs, ranks) in zip(outputs, token_ranks_many(model, prompt, outputs))]
-
-
-def _label(key: str, decoder) -> str:
-    return "ancestral sampling (τ=1, = P)" if key == "ancestral" else decoder.label
-
-
-def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings: DecoderSettings,
-            n_samples: int = 256, progress: Callable[[int, int, str], None] | None = None) -> Comparison:
-    """Decode with every decoder of ``lineup`` plus the goal's Bayes output and score all of them.
-
-    Exact on toys (``n_samples`` unused); Monte Carlo with ``n_samples`` shared truth rows otherwise.
-    ``progress(done, total, what)`` is called before each unit of work. Same inputs, same result.
-
-    Passes over the model are shared: one walk draws the truth rows, every random decoder's Monte
-    Carlo draws and shown draw, and the samples from P (``sample_groups``: each group's rows as its
-    own ``sample_many`` call would draw them); the Bayes output's window marginals are accumulated in
-    that walk; ``estimate_risks`` scores every decoder in one more walk over the truth rows; one ``logprobs`` call
-    gives every displayed output's log-probs and ranks.
-    """
+def check_request(model, prompt: Sequence[int], steps: int, seed: int, settings: DecoderSettings,
+                  n_samples: int) -> tuple[list[int], bool]:
+    """(the prompt as ints, whether the model is an exact toy); ValueError naming the first problem:
+    the prompt (toys take none), steps, seed, the decoder settings, the Monte Carlo samples and budget."""
     exact = is_exact_model(model)
     prompt = [int(t) for t in prompt]
     if exact and prompt:
@@ -238,95 +227,249 @@ def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings:
     prompt = check_call(model, prompt, steps)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if not exact and not (isinstance(n_samples, int) and N_SAMPLES_RANGE[0] <= n_samples <= N_SAMPLES_RANGE[1]):
-        lo, hi = N_SAMPLES_RANGE
-        raise ValueError(f"Monte Carlo samples must be an integer from {lo} to {hi}, got {n_samples!r}")
+    random = [(k, d) for k, d in lineup(settings, steps, exact) if d.is_random]
     if not exact:
-        _check_mc_budget(goal, steps, n_samples)
-    decoders = lineup(settings, steps, exact)
-    total = len(decoders) + 3
-    tick = progress or (lambda done, total, what: None)
-    is_dm = isinstance(goal, DistributionMatch)
+        lo, hi = N_SAMPLES_RANGE
+        if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and lo <= n_samples <= hi):
+            raise ValueError(f"Monte Carlo samples must be an integer from {lo} to {hi}, got {n_samples!r}")
+        rows = n_samples + sum(n for _, (n, _, _) in _draw_specs(settings, seed, n_samples, exact, random))
+        if rows * steps > MC_TOKEN_BUDGET:
+            raise ValueError(f"Monte Carlo budget: rows x tokens must be at most {MC_TOKEN_BUDGET:,}, got {rows} x "
+                             f"{steps} = {rows * steps:,} ({n_samples} truth rows plus the decoders' own draws); "
+                             "lower the Monte Carlo samples or the steps")
+    return prompt, exact
 
-    paths: dict[str, Path] = {}
-    for i, (key, decoder) in enumerate(decoders):
-        if not decoder.is_random:
-            tick(i, total, _label(key, decoder))
-            paths[key] = decoder.decode(model, prompt, steps, seed)
 
-    # one walk for every draw: truth rows (when an estimator needs them: 0-1 needs none, a fixed
-    # output's risk is 1 − P(ŷ) and a sampler's E_r[1 − P(Ŷ)] uses its own draws), the random
-    # decoders' own Monte Carlo draws (pointwise goals), their shown draw, and the samples from P
-    tick(len(decoders), total, "sampling")
-    random = [(key, d) for key, d in decoders if d.is_random]
-    if is_dm:
-        random.append(("bayes", Sampling()))
-    needs_truth = not exact and (is_dm or goal.window(steps) < steps)
-    groups: list[tuple[str, tuple]] = [("truth", (n_samples, seed, None))] if needs_truth else []
-    if not exact and not is_dm:
-        groups += [(("mc", key), (n_samples, _derived_seed(seed), d)) for key, d in random]
-    groups += [(("shown", key), (1, seed, d)) for key, d in random]
-    if settings.shown_samples:
-        groups.append(("samples", (settings.shown_samples, seed + 1, None)))
-    marginals = None
-    if needs_truth and not is_dm:  # the Bayes output's window marginals, from the truth rows as drawn
-        marginals = WindowMarginals(model.vocab_size, steps, goal.window(steps), n_samples)
+Progress = Callable[[int, int, str], None]
+STAGES = 5  # progress units: fixed decoders (3), draws and rollout (1), scoring (1)
 
-    def observe(t, logprobs, tokens):
-        if marginals is not None:
-            marginals.observe(t, logprobs, tokens)  # the first group: the truth rows
 
-    specs = [spec for _, spec in groups]
-    drawn = dict(zip([g for g, _ in groups], sample_groups(model, prompt, steps, specs, observe=observe)))
-    truth = drawn.get("truth")
-    for key, _ in random:
-        paths[key] = drawn[("shown", key)].paths()[0]
+def _tick(progress: Progress | None, done: int, what: str) -> None:
+    if progress is not None:
+        progress(done, STAGES, what)
 
-    tick(0, total, "the goal's Bayes output")
-    if is_dm:  # the Bayes decoder is P itself: sampling at τ = 1
-        bayes, bayes_exact = Sampling(), True
-        method = "sampling from P (τ = 1) is the Bayes decoder for distribution matching"
-    elif exact:
-        bayes, bayes_exact, method = Fixed(bayes_output(goal, model, steps)), True, "exact (enumeration)"
-    else:
-        res = approx_bayes_output(goal, model, prompt, steps, n_samples, seed, node_budget=BAYES_NODE_BUDGET,
-                                  truth_samples=truth, marginals=marginals)
-        bayes, bayes_exact, method = Fixed(res.tokens), res.exact, res.method
-    lineup_all = [*decoders, ("bayes", bayes)]
 
-    shown = drawn["samples"].paths() if settings.shown_samples else []
-    keys = [key for key, _ in lineup_all]
-    token_rows = [paths[key].tokens if key in paths else bayes.tokens for key in keys]
-    outputs = _outputs(model, prompt, token_rows + [p.tokens for p in shown])
-    if "bayes" not in paths:  # a fixed output, teacher-forced: its log-probs are those just computed
-        lps = torch.tensor(outputs[len(keys) - 1].step_logprobs, dtype=torch.float64)
-        paths["bayes"] = Path(tuple(bayes.tokens), float(sum_in_order(lps)), tuple(lps.tolist()))
+def decode_fixed(model, prompt: Sequence[int], steps: int, settings: DecoderSettings, exact: bool,
+                 progress: Progress | None = None) -> dict[str, Path]:
+    """The deterministic decoders' outputs (no seed): greedy, lookahead, beam."""
+    decoders = dict(lineup(settings, steps, exact))
+    out = {}
+    pin_thread()
+    for i, key in enumerate(FIXED_KEYS):
+        _tick(progress, i, decoders[key].label)
+        out[key] = decoders[key].decode(model, list(prompt), steps)
+    return out
 
-    tick(len(decoders) + 1, total, "risks")
+
+@dataclass(frozen=True, eq=False)
+class Drawn:
+    """A request's random part, shared by every goal of one family (``pointwise`` or distribution
+    matching): each random decoder's shown draw, the samples from P shown, and (neural models) the truth
+    rollout. For the pointwise goals it scores every output known before it (the deterministic
+    decoders', the random decoders' own draws, MBR's ε-sampled candidates); for distribution matching it
+    keeps every sampler's divergence statistics instead (they cost a few passes over every row's
+    distribution, so they are computed only for those goals)."""
+
+    shown: dict[str, Path]
+    samples: tuple[Path, ...]
+    rollout: Rollout | None
+    pointwise: bool
+
+
+def draw(model, prompt: Sequence[int], steps: int, seed: int, settings: DecoderSettings, n_samples: int,
+         fixed: dict[str, Path], exact: bool, pointwise: bool = True, progress: Progress | None = None) -> Drawn:
+    """Every random draw in one grouped walk (``sample_groups``), then (neural models) one truth walk
+    of ``n_samples`` rows (``roll_out``) that scores the fixed outputs and every draw."""
+    _tick(progress, len(FIXED_KEYS), "sampling")
+    prompt = list(prompt)
+    random = [(k, d) for k, d in lineup(settings, steps, exact) if d.is_random]
+    specs = _draw_specs(settings, seed, n_samples, exact, random, pointwise)
+    pin_thread()
+    drawn = dict(zip([name for name, _ in specs], sample_groups(model, prompt, steps, [s for _, s in specs])))
+    shown = {key: drawn[f"shown:{key}"].paths()[0] for key, _ in random}
+    samples = tuple(drawn["samples"].paths()) if "samples" in drawn else ()
     if exact:
-        risks = [Estimate.exact_value(exact_risk(goal, model, d, steps), "exact") for _, d in lineup_all]
+        return Drawn(shown, samples, None, pointwise)
+    eos = getattr(model, "eos_id", None)
+    targets, samplers = {}, {}
+    if pointwise:
+        targets = {key: path_targets([fixed[key]], steps, eos) for key in FIXED_KEYS}
+        targets.update({f"shown:{key}": path_targets([shown[key]], steps, eos) for key, _ in random})
+        targets.update({name: draw_targets(drawn[name], steps, eos) for name, _ in specs
+                        if name.startswith("draws:") or name == "mbr"})
     else:
-        draws = [drawn.get(("mc", key)) for key, _ in lineup_all]
-        risks = estimate_risks(goal, model, [d for _, d in lineup_all], prompt, steps, n_samples, seed,
-                               truth_samples=truth, outputs=[None if d.is_random else paths[key]
-                                                             for key, d in lineup_all], draws=draws)
-    bayes_risk = risks[-1].mean
+        samplers = dict(random)
+    rollout = roll_out(model, prompt, steps, n_samples, seed, targets=targets, samplers=samplers)
+    return Drawn(shown, samples, rollout, pointwise)
 
+
+def _label(key: str, decoder) -> str:
+    return "ancestral sampling (τ=1, = P)" if key == "ancestral" else decoder.label
+
+
+def _outputs(model, rows: torch.Tensor, scored) -> list[Output]:
+    """Display rows of teacher-forced outputs, each shown up to and including its first EOS (it is
+    scored padded with EOS after it)."""
+    text = hasattr(model, "decode") and not is_exact_model(model)
+    eos = getattr(model, "eos_id", None)
+    out = []
+    for tokens, lps, ranks in zip(rows.tolist(), scored.step_logprobs.tolist(), scored.ranks.tolist()):
+        end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+        tokens, lps, ranks = tokens[:end], lps[:end], ranks[:end]
+        out.append(Output(tuple(tokens), tuple(lps), tuple(int(r) for r in ranks),
+                          model.decode(list(tokens)) if text else None))
+    return out
+
+
+def _budget_note(decoder, path: Path) -> str:
+    if getattr(path, "budget_exhausted", False):
+        return (f"node budget of {decoder.node_budget} per token reached: the output is the best found, its "
+                f"windows within {path.bound:.3g} nats of the exact lookahead windows")
+    return ""
+
+
+def score(model, prompt: Sequence[int], steps: int, seed: int, goal, settings: DecoderSettings, n_samples: int,
+          fixed: dict[str, Path], drawn: Drawn, exact: bool, progress: Progress | None = None) -> Comparison:
+    """The goal's part: Bayes output, MBR's pick, one teacher-forced pass over every displayed output
+    (log-probs, ranks, the greedy certificate), and every risk and regret."""
+    _tick(progress, len(FIXED_KEYS) + 1, "the goal's Bayes output and the risks")
+    if drawn.pointwise != goal.pointwise:
+        raise ValueError(f"the draws were made for {'pointwise goals' if drawn.pointwise else 'distribution matching'}"
+                         f", not for {goal.name}")
+    prompt = list(prompt)
+    decoders = lineup(settings, steps, exact)
+    eos = getattr(model, "eos_id", None)
+    paths = {**fixed, **drawn.shown}
+    mbr = MBR(goal, settings.mbr_candidates, settings.mbr_epsilon) if goal.pointwise else None
+    pin_thread()
+    if exact:
+        parts = _score_exact(model, steps, seed, goal, decoders, paths, mbr)
+    else:
+        parts = _score_monte_carlo(model, prompt, steps, goal, decoders, paths, drawn, mbr)
+    bayes_tokens, rows_spec, bayes_exact, bayes_method, mbr_choice = parts
+    keys = [key for key, _, _, _, _ in rows_spec]
+    shown_rows = [paths[key].tokens if key in paths else (mbr_choice[0] if key == "mbr" else bayes_tokens)
+                  for key in keys]
+    displayed = padded_rows(shown_rows + [p.tokens for p in drawn.samples], steps, eos)
+    scored = score_outputs(model, prompt, displayed)
+    outputs = _outputs(model, displayed, scored)
+    greedy = keys.index("greedy")
+    certificate = certificate_from_scores(displayed[greedy].tolist(), scored.step_logprobs[greedy],
+                                          scored.runner_up[greedy])
     rows = []
-    for (key, decoder), est, out in zip(lineup_all, risks, outputs):
-        path = paths[key]
-        note = ""
-        if getattr(path, "budget_exhausted", False):
-            note = (f"node budget of {decoder.node_budget} per token reached: the output is the best found, its "
-                    f"windows within {path.bound:.3g} nats of the exact lookahead windows")
-        label = _label(key, decoder)
-        if key == "bayes":
-            label = "Bayes decoder (sampling from P)" if is_dm else f"Bayes output ({goal.name})"
-        regret = est.mean - bayes_risk if math.isfinite(est.mean) else math.inf
-        rows.append(Row(key, label, repr(decoder), decoder.is_random, out, est, regret, note or est.note))
-    tick(total, total, "done")
+    for (key, decoder, label, risk, regret), out in zip(rows_spec, outputs):
+        note = _budget_note(decoder, paths[key]) if key in paths else ""
+        rows.append(Row(key, label, repr(decoder), decoder.is_random, out, risk, regret, note or risk.note))
+    _tick(progress, STAGES, "done")
+    rollout = drawn.rollout
     return Comparison(tuple(rows), tuple(outputs[len(keys):]), goal.name, steps, seed, 0 if exact else n_samples,
-                      exact, bayes_exact, method)
+                      exact, bayes_exact, bayes_method, 0 if rollout is None else rollout.n_select,
+                      "" if mbr_choice is None else mbr_choice[1], mbr_choice is not None and mbr_choice[2],
+                      certificate)
+
+
+def _regret(risk: Estimate, bayes_risk: float) -> Estimate:
+    value = risk.mean - bayes_risk if math.isfinite(risk.mean) else math.inf
+    return Estimate.exact_value(value, "exact")
+
+
+def _score_exact(model, steps: int, seed: int, goal, decoders, paths: dict[str, Path], mbr: MBR | None):
+    """Exact risks on a toy; MBR samples its candidates and references, its pick scored exactly."""
+    if goal.pointwise:
+        bayes_tokens = goal.exact_bayes_output(model, steps)
+        bayes_risk = goal.exact_risk(model, steps, {bayes_tokens: 1.0})
+        bayes_decoder, label = Fixed(bayes_tokens), f"Bayes output ({goal.name})"
+    else:
+        bayes_decoder, label = Sampling(), "Bayes decoder (sampling from P)"
+        bayes_risk = exact_risk(goal, model, bayes_decoder, steps)
+        bayes_tokens = paths["ancestral"].tokens
+    rows = []
+    for key, d in decoders:
+        risk = Estimate.exact_value(exact_risk(goal, model, d, steps), "exact")
+        rows.append((key, d, _label(key, d), risk, _regret(risk, bayes_risk)))
+    mbr_choice = None
+    if mbr is not None:
+        choice = mbr.select(model, [], steps, seed, extra=[paths[key] for key, _ in decoders])
+        r = goal.exact_risk(model, steps, {tuple(choice.path.tokens): 1.0})
+        risk = Estimate.exact_value(r, "exact risk of MBR's pick")
+        rows.append(("mbr", mbr, mbr.label, risk, _regret(risk, bayes_risk)))
+        mbr_choice = (choice.path.tokens, choice.method, choice.exact)
+    risk = Estimate.exact_value(bayes_risk, "exact")
+    rows.append(("bayes", bayes_decoder, label, risk, Estimate.exact_value(0.0, "exact")))
+    return bayes_tokens, rows, True, "exact (enumeration)", mbr_choice
+
+
+def _score_monte_carlo(model, prompt, steps: int, goal, decoders, paths: dict[str, Path], drawn: Drawn,
+                       mbr: MBR | None):
+    """Risks and regrets from the truth rollout; the Bayes output and MBR's pick chosen on fold A."""
+    rollout = drawn.rollout
+    bayes = goal.monte_carlo_bayes(model, prompt, rollout, BAYES_NODE_BUDGET)
+    eos = getattr(model, "eos_id", None)
+    rows = []
+    for key, d in decoders:
+        if d.is_random and d.is_identity:
+            cols = rollout.truth_columns(key)
+        elif d.is_random:  # distribution matching reads the sampler's divergence, not draws
+            cols = (rollout.columns(f"draws:{key}", "draws", key) if goal.pointwise
+                    else Columns(*path_targets([], steps, eos), None, "draws", key))
+        else:
+            cols = (rollout.columns(key, "fixed") if goal.pointwise
+                    else Columns(*path_targets([paths[key]], steps, eos), None, "fixed"))
+        rows.append((key, d, _label(key, d), goal.estimate(rollout, cols), goal.estimate(rollout, cols, bayes.columns)))
+    mbr_choice = None
+    if mbr is not None:
+        names = "+".join([*FIXED_KEYS, *(f"shown:{k}" for k, d in decoders if d.is_random), "mbr"])
+        pool = rollout.columns(names, "fixed")
+        index, _ = pick(goal, rollout, pool, rollout.fold_a)
+        needs = goal.needs_references(steps)
+        chosen = Columns(pool.tokens[index : index + 1], pool.logp[index : index + 1],
+                         pool.hits[:, :, index : index + 1], "selected" if needs else "fixed")
+        rows.append(("mbr", mbr, mbr.label, goal.estimate(rollout, chosen),
+                     goal.estimate(rollout, chosen, bayes.columns)))
+        where = (f"expected {goal.name} loss over the {rollout.n_select} fold-A truth rows (Rao-Blackwellised); "
+                 "scored on fold B" if needs else "exact expected 0-1 loss 1 − P(candidate)")
+        method = (f"best of {pool.tokens.shape[0]} candidates (the other decoders' outputs + {mbr.n_candidates} "
+                  f"ε-sampled, ε = {mbr.epsilon:g}) by {where}")
+        mbr_choice = (tuple(chosen.tokens[0].tolist()), method, not needs)
+    bayes_label = f"Bayes output ({goal.name})" if goal.pointwise else "Bayes decoder (sampling from P)"
+    bayes_decoder = Fixed(bayes.tokens) if goal.pointwise else Sampling()
+    rows.append(("bayes", bayes_decoder, bayes_label, goal.estimate(rollout, bayes.columns),
+                 Estimate.exact_value(0.0, "exact")))
+    return bayes.tokens, rows, bayes.exact, bayes.method, mbr_choice
+
+
+def compare(model, prompt: Sequence[int], steps: int, seed: int, goal, settings: DecoderSettings,
+            n_samples: int = 256, progress: Progress | None = None) -> Comparison:
+    """Decode with every decoder of ``lineup`` plus MBR and the goal's Bayes output and score all of them
+    (the three stages in a row). Exact on toys (``n_samples`` unused); Monte Carlo with ``n_samples``
+    truth rows otherwise. ``progress(done, total, what)`` is called before each unit of work. Same
+    inputs, same result."""
+    prompt, exact = check_request(model, prompt, steps, seed, settings, n_samples)
+    goal.loss_range(steps)  # the goal fits the steps (e.g. N-gram n <= steps)
+    fixed = decode_fixed(model, prompt, steps, settings, exact, progress)
+    drawn = draw(model, prompt, steps, seed, settings, n_samples, fixed, exact, goal.pointwise, progress)
+    return score(model, prompt, steps, seed, goal, settings, n_samples, fixed, drawn, exact, progress)
+
+
+def token_ranks(model, prompt: Sequence[int], tokens: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Each token's log-prob and rank (1 = most likely; ties count in the token's favour) given the
+    prompt and the tokens before it."""
+    return token_ranks_many(model, prompt, [tokens])[0]
+
+
+def token_ranks_many(model, prompt: Sequence[int], outputs: Sequence[Sequence[int]]
+                     ) -> list[tuple[tuple[float, ...], tuple[int, ...]]]:
+    """``token_ranks`` of several outputs of the same length in one teacher-forced pass
+    (``score_outputs``: one ``feed`` of every row)."""
+    outputs = [[int(t) for t in tokens] for tokens in outputs]
+    steps = len(outputs[0]) if outputs else 0
+    if any(len(o) != steps for o in outputs):
+        raise ValueError("token_ranks_many needs outputs of one length")
+    if not steps:
+        return [((), ()) for _ in outputs]
+    scored = score_outputs(model, [int(t) for t in prompt], torch.tensor(outputs, dtype=torch.long))
+    return [(tuple(lp), tuple(int(r) for r in rk)) for lp, rk in zip(scored.step_logprobs.tolist(),
+                                                                     scored.ranks.tolist())]
 
 
 def empirical_distribution(model, sampler: Sampling, steps: int, n: int, seed: int) -> dict[tuple[int, ...], float]:

@@ -7,7 +7,20 @@ import math
 import pandas as pd
 import streamlit as st
 
-from core.compare import MAX_NEURAL_LOOKAHEAD, N_SAMPLES_RANGE, DecoderSettings, compare
+from core.compare import (
+    MAX_NEURAL_LOOKAHEAD,
+    MBR_CANDIDATES_RANGE,
+    MBR_CITATIONS,
+    N_SAMPLES_RANGE,
+    DecoderSettings,
+    check_request,
+    decode_fixed,
+    draw,
+    is_exact_model,
+    score,
+)
+from core.estimators import SMALL_DRAWS, SMALL_N
+from core.rollout import sampler_draws
 from pages.charts import CHART_CONFIG, display_number, risk_bars, risk_text
 from pages.common import (
     declare_state,
@@ -20,13 +33,35 @@ from pages.common import (
 )
 
 SETTINGS_DEFAULTS = {"cmp_depth": 2, "cmp_tau": 0.7, "cmp_top_k": 5, "cmp_top_p": 0.9, "cmp_beam": 4,
-                     "cmp_shown": 3, "cmp_n_samples": 64}
+                     "cmp_shown": 3, "cmp_n_samples": 64, "cmp_mbr": 32}
+
+
+# Three caches: the deterministic decoders do not depend on the seed, the draws and the truth rollout
+# depend on the goal's family only (so switching among 0-1, Hamming and N-gram, or between KL and TV,
+# only re-scores), and the goal's scores are small.
+@st.cache_data(max_entries=32, show_spinner=False)
+def cached_fixed(source: str, prompt_ids: tuple[int, ...], steps: int, settings: DecoderSettings):
+    model = load_source(source)
+    return decode_fixed(model, prompt_ids, steps, settings, is_exact_model(model))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def cached_draws(source: str, prompt_ids: tuple[int, ...], steps: int, seed: int, settings: DecoderSettings,
+                 n_samples: int, pointwise: bool):
+    """The truth rollout and every random draw (tensors of a few MB: kept, not copied), shared by the
+    goals of one family (pointwise, or distribution matching)."""
+    model = load_source(source)
+    fixed = cached_fixed(source, prompt_ids, steps, settings)
+    return draw(model, prompt_ids, steps, seed, settings, n_samples, fixed, is_exact_model(model), pointwise)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_compare(source: str, prompt_ids: tuple[int, ...], steps: int, seed: int, goal,
                    settings: DecoderSettings, n_samples: int):
-    return compare(load_source(source), prompt_ids, steps, seed, goal, settings, n_samples)
+    model = load_source(source)
+    fixed = cached_fixed(source, prompt_ids, steps, settings)
+    drawn = cached_draws(source, prompt_ids, steps, seed, settings, n_samples, goal.pointwise)
+    return score(model, prompt_ids, steps, seed, goal, settings, n_samples, fixed, drawn, is_exact_model(model))
 
 
 def settings_ui(is_toy: bool) -> tuple[DecoderSettings, int]:
@@ -36,6 +71,10 @@ def settings_ui(is_toy: bool) -> tuple[DecoderSettings, int]:
         c[0].number_input("Lookahead depth T", step=1, key="cmp_depth",
                           help="Commit the first token of the most probable T-token window."
                                + ("" if is_toy else f" At most {MAX_NEURAL_LOOKAHEAD} on neural models."))
+        lo, hi = MBR_CANDIDATES_RANGE
+        c[0].number_input("MBR candidates", step=8, key="cmp_mbr",
+                          help=f"ε-sampled candidates (ε = 0.02: tokens with p ≥ 0.02) MBR chooses from, besides the "
+                               f"other decoders' outputs ({lo}–{hi}). {MBR_CITATIONS}.")
         c[1].number_input("Temperature τ", step=0.1, key="cmp_tau", format="%.2f", help="> 0; 1 leaves P unchanged.")
         c[2].number_input("top-k", step=1, key="cmp_top_k", help="Keep the k most likely tokens (≥ 1).")
         c[2].number_input("top-p", step=0.05, key="cmp_top_p", format="%.2f",
@@ -49,8 +88,41 @@ def settings_ui(is_toy: bool) -> tuple[DecoderSettings, int]:
                                    "confidence intervals (∝ 1/√n) and cost proportionally more time.")
     s = st.session_state
     settings = DecoderSettings(int(s.cmp_depth), float(s.cmp_tau), int(s.cmp_top_k), float(s.cmp_top_p),
-                               int(s.cmp_beam), int(s.cmp_shown))
+                               int(s.cmp_beam), int(s.cmp_shown), int(s.cmp_mbr))
     return settings, int(s.cmp_n_samples)
+
+
+def run(ctx, settings: DecoderSettings, n_samples: int):
+    """Validate, then compute stage by stage with a progress bar (each stage cached)."""
+    check_request(ctx.model, ctx.prompt_ids, ctx.steps, ctx.seed, settings, n_samples)
+    work = "exact risks" if ctx.is_toy else f"{n_samples} Monte Carlo truth rows of {ctx.steps} tokens"
+    bar = st.progress(0.0, text="Decoding with greedy, lookahead and beam search…")
+    cached_fixed(ctx.source, ctx.prompt_ids, ctx.steps, settings)
+    bar.progress(0.4, text=f"Sampling: every random decoder's draws and {work}…")
+    cached_draws(ctx.source, ctx.prompt_ids, ctx.steps, ctx.seed, settings, n_samples, ctx.goal.pointwise)
+    bar.progress(0.8, text=f"Scoring every decoder under {ctx.goal_name}…")
+    result = cached_compare(ctx.source, ctx.prompt_ids, ctx.steps, ctx.seed, ctx.goal, settings, n_samples)
+    bar.empty()
+    return result
+
+
+def _interval(e, decimals: int = 3) -> str:
+    """"0.123 ± 0.045" (or the exact value, or "∞")."""
+    if not math.isfinite(e.mean):
+        return "∞"
+    shown = risk_text(e.mean) if 0 < 1 - e.mean < 1e-3 else f"{display_number(e.mean, decimals):.{decimals}f}"
+    return shown if e.exact else f"{shown} ± {e.half_width:.2g}"
+
+
+def row_caption(result, row) -> str:
+    if row.key == "bayes":
+        flag = "exact" if result.bayes_exact else "approximate"
+        return f"Bayes output: {result.bayes_method} ({flag})."
+    if row.key == "mbr":
+        flag = "exact expected losses" if result.mbr_exact else "approximate: estimated expected losses"
+        return (f"MBR: {result.mbr_method} ({flag}). The unconstrained optimum of the same expected losses is the "
+                f"Bayes output (★). {MBR_CITATIONS}.")
+    return row.note if row.note not in ("", "exact") else ""
 
 
 def draw_outputs(ctx, result) -> None:
@@ -60,14 +132,14 @@ def draw_outputs(ctx, result) -> None:
         cols = st.columns(2)
         for col, row in zip(cols, rows[start : start + 2]):
             with col.container(border=True):
-                regret = "" if row.key == "bayes" else f" · regret {display_number(row.regret, 3):.3f}"
+                regret = "" if row.key == "bayes" else f" · regret {_interval(row.regret)}"
                 star = "★ " if row.key == "bayes" else ""
-                exact = "exact" if row.risk.exact else f"n = {row.risk.n}"
-                st.markdown(f"**{star}{row.label}** — {_risk(row)}{regret} ({exact})")
+                st.markdown(f"**{star}{row.label}** — risk {_interval(row.risk)}{regret} ({row.risk.describe_n()})")
                 st.markdown(token_html(ctx.model, row.output.tokens, row.output.step_logprobs, row.output.ranks),
                             unsafe_allow_html=True)
-                if row.note and row.note != "exact":
-                    st.caption(row.note)
+                caption = row_caption(result, row)
+                if caption:
+                    st.caption(caption)
     if result.samples:
         with st.container(border=True):
             st.markdown(f"**{len(result.samples)} samples from P** (ancestral sampling, τ = 1)")
@@ -76,12 +148,19 @@ def draw_outputs(ctx, result) -> None:
                             unsafe_allow_html=True)
 
 
-def _risk(row) -> str:
-    r = row.risk
-    if not math.isfinite(r.mean):
-        return "risk ∞"
-    shown = risk_text(r.mean) if 0 < 1 - r.mean < 1e-3 else f"{r.mean:.3f}"
-    return f"risk {shown}" if r.exact else f"risk {shown} ± {r.ci_high - r.mean:.2g}"
+def how_text(result) -> str:
+    if result.exact:
+        return ("Exact: enumerated over every sequence of the toy and over each random decoder's own randomness "
+                "(MBR samples its candidates and references; its pick is scored exactly).")
+    n, a = result.n_samples, result.n_select
+    return (f"Estimated by Monte Carlo with the model as the truth P, from one rollout of {n} sampled continuations "
+            f"(truth rows): a fixed output is scored against every truth row (Rao-Blackwellised; exact for 0-1: "
+            f"1 − P(output)); each random decoder's {sampler_draws(n)} own draws against every truth row "
+            "(two-sample interval); sampling from P by pairing truth rows with each other. The Bayes output and "
+            f"MBR's pick are chosen on the first {a} truth rows and scored on the other {n - a}; each regret is the "
+            f"paired difference on those {n - a} held-out rows with its own interval, so it need not equal the "
+            "difference of the risks shown, and it is negative where a decoder beats an approximate Bayes output. "
+            "Intervals: 95% Student-t, clipped to the loss's range.")
 
 
 def draw_scores(ctx, result, settings: DecoderSettings) -> None:
@@ -91,23 +170,23 @@ def draw_scores(ctx, result, settings: DecoderSettings) -> None:
     st.plotly_chart(risk_bars(table["decoder"], table["risk"], table["ci_low"], table["ci_high"],
                               [r.key == "bayes" for r in result.rows], ctx.goal_name),
                     width="stretch", config=CHART_CONFIG, key="cmp_chart")
-    if result.exact:
-        how = "Exact: enumerated over every sequence of the toy and over each random decoder's own randomness."
-    else:
-        how = (f"Estimated by Monte Carlo with the model as the truth P: {result.n_samples} sampled continuations "
-               "shared by all decoders, mean ± 95% confidence interval (rows marked exact need no sampling, e.g. "
-               "the 0-1 risk of a fixed output is 1 − P(output)).")
     st.caption(f"**Risk** = expected loss of the decoder's output under the goal *{ctx.goal_name}*, averaged over "
-               f"the truth P and the decoder's own randomness. **Regret** = risk − the Bayes "
-               f"output's risk (0 = optimal). {how} Bayes output: {result.bayes_method}"
-               f"{'' if result.bayes_exact else ' — approximate, so a regret can be negative'}.")
-    shown = table.drop(columns=["settings"]).assign(regret=table["regret"].map(lambda x: display_number(x, 4)))
+               "the truth P and the decoder's own randomness. **Regret** = risk − the Bayes output's risk "
+               f"(0 = optimal). {how_text(result)} Outputs that end with EOS are scored padded with EOS after it.")
+    if result.small_n:
+        st.info(f"Few rows: the intervals of {', '.join(result.small_n)} rest on fewer than {SMALL_N} independent "
+                f"truth rows (or {SMALL_DRAWS} draws), so they are wide and lean on the t approximation. Raise the "
+                "Monte Carlo samples for useful intervals.")
+    shown = table.drop(columns=["settings"])
+    for col in ("regret", "regret_low", "regret_high"):
+        shown[col] = shown[col].map(lambda x: display_number(x, 4))
+    number = st.column_config.NumberColumn
     st.dataframe(shown, hide_index=True, width="stretch",
-                 column_config={"risk": st.column_config.NumberColumn(format="%.4f"),
-                                "ci_low": st.column_config.NumberColumn("CI low", format="%.4f"),
-                                "ci_high": st.column_config.NumberColumn("CI high", format="%.4f"),
-                                "regret": st.column_config.NumberColumn(format="%.4f"),
-                                "log P(output)": st.column_config.NumberColumn(format="%.3f")})
+                 column_config={"risk": number(format="%.4f"), "ci_low": number("CI low", format="%.4f"),
+                                "ci_high": number("CI high", format="%.4f"), "regret": number(format="%.4f"),
+                                "regret_low": number("regret CI low", format="%.4f"),
+                                "regret_high": number("regret CI high", format="%.4f"),
+                                "log P(output)": number(format="%.3f")})
     c1, c2 = st.columns(2)
     c1.download_button("Download table (CSV)", table.to_csv(index=False), "compare.csv", "text/csv", key="cmp_csv")
     c2.download_button("Download results (JSON)", result.to_json(settings, ctx.prompt_ids), "compare.json",
@@ -117,18 +196,18 @@ def draw_scores(ctx, result, settings: DecoderSettings) -> None:
 ctx = setup_page("Compare decoders", "⚖️")
 if ctx is None:
     st.stop()
-st.caption("The same model, eight ways to turn its next-token probabilities into text. Which one is best depends "
+st.caption("The same model, many ways to turn its next-token probabilities into text. Which one is best depends "
            "on the goal: switch it in the sidebar and watch the ranking change.")
 settings, n_samples = settings_ui(ctx.is_toy)
-work = "exact risks" if ctx.is_toy else f"{n_samples} Monte Carlo samples of {ctx.steps} tokens"
 try:
-    with st.spinner(f"Decoding with 8 decoders and scoring each under {ctx.goal_name} ({work})…"):
-        result = cached_compare(ctx.source, ctx.prompt_ids, ctx.steps, ctx.seed, ctx.goal, settings, n_samples)
+    result = run(ctx, settings, n_samples)
 except Exception as exc:  # noqa: BLE001 - shown as a message; the rest of the page stays
     show_error(exc)
     st.stop()
 if ctx.is_text:
     st.markdown("**Prompt**")
     st.code(ctx.prompt, language=None)
+if result.certificate is not None:
+    (st.success if result.certificate.holds else st.caption)(result.certificate.text())
 draw_outputs(ctx, result)
 draw_scores(ctx, result, settings)

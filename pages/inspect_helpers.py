@@ -33,6 +33,14 @@ def greedy_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int):
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
+def greedy_certificate(_model, source: str, prompt_ids: tuple[int, ...], steps: int):
+    """Whether the greedy path is certainly the mode (claims.md C13), from one teacher-forced pass."""
+    from core.risk import greedy_certificate
+
+    return greedy_certificate(_model, list(prompt_ids), steps, greedy_path(_model, source, prompt_ids, steps))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
 def sampled_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int, seed: int):
     from core.decoders import Sampling
 

@@ -97,6 +97,8 @@ def draw(ctx: Context) -> None:
     st.markdown(token_html(ctx.model, path, scored.step_logprobs, prefix=prompt_text), unsafe_allow_html=True)
     st.markdown(probability_legend_html(), unsafe_allow_html=True)
     st.caption(f"Branch #{tree.current} of {len(tree.branches)} · log P(path) = {scored.logprob:.3f} nats")
+    cert = ih.greedy_certificate(ctx.model, ctx.source, ctx.prompt_ids, ctx.steps)
+    (st.success if cert.holds else st.caption)(f"The greedy path (branch #0): {cert.text()}")
 
     left, right = st.columns([3, 1])
     with left:

@@ -335,7 +335,7 @@ CASES = [
     (
         "compare steps huge (engine)",
         lambda e: compare(e.engine, [1], LONG, 0, ZeroOne(), S(), 16),
-        r"Monte Carlo budget: samples x tokens per sample must be at most 131,072, got 16 x 1000000",
+        r"Monte Carlo budget: rows x tokens must be at most 131,072, got 103 x 1000000",
     ),
     (
         "compare seed None",
@@ -416,8 +416,8 @@ CASES = [
     ),
     (
         "compare Monte Carlo token budget",
-        lambda e: compare(e.engine, [1], 64, 0, NGramHamming(32), S(), 1024),
-        r"Monte Carlo budget: samples x tokens per sample must be at most 131,072, got 1024 x 1056",
+        lambda e: compare(e.engine, [1], 120, 0, NGramHamming(32), S(), 1024),
+        r"Monte Carlo budget: rows x tokens must be at most 131,072, got 1255 x 120",
     ),
     (
         "compare ngram > steps",

@@ -66,12 +66,7 @@ CASES = [
         r"Monte Carlo samples must be an integer from 16 to 1024, got 8",
         "cmp_tau",
     ),
-    (
-        "compare",
-        {**MTP, "steps": 64, "goal": "N-gram Hamming", "ngram_n": 32, "cmp_n_samples": 1024},
-        r"Monte Carlo budget: samples x tokens per sample must be at most 131,072, got 1024 x 1056",
-        "cmp_tau",
-    ),
+    ("compare", {**TOY, "cmp_mbr": 0}, r"MBR candidates must be an integer from 1 to 64, got 0", "cmp_tau"),
     # ---- Step inspector -----------------------------------------------------------------------
     (
         "step_inspector",
@@ -206,7 +201,7 @@ def test_page_recovers_after_a_bad_value():
     assert at.error and not at.dataframe
     at.number_input(key="cmp_top_p").set_value(0.9).run()
     assert not at.exception and not at.error
-    assert len(at.dataframe[0].value) == 8
+    assert len(at.dataframe[0].value) == 9
 
 
 def test_reset_values_leave_the_rest_of_the_theory_lab_working():
@@ -221,7 +216,7 @@ def test_odd_characters_in_the_prompt_are_decoded():
     """Unknown characters are not an error: the byte-level tokenizer encodes anything."""
     at = run("compare", {**MTP, "prompt": "\x00\ufffe🦄 ꙮ\u202e"})
     assert not at.exception and not at.error
-    assert len(at.dataframe[0].value) == 8
+    assert len(at.dataframe[0].value) == 9
 
 
 # ---- Models page: loading a local model ----------------------------------------------------------

@@ -276,20 +276,39 @@ def test_monte_carlo_on_the_engine(tiny_engine):
         exact_risk(ZeroOne(), tiny_engine, Greedy(), 3)
 
 
-def test_window_probabilities_through_session_forks_equal_direct_logprobs(tiny_engine):
-    """The N-gram estimator forks every sampled prefix's KV cache and teacher-forces the target
-    window; the result must equal scoring each window from scratch."""
-    from core.risk import _window_hits
+def test_the_rollout_gathers_what_teacher_forcing_gives(tiny_engine):
+    """The one truth walk keeps p(target_s | Y_i,<s) for every target and row (the N-gram and Hamming
+    estimators' only input besides the tokens); it must equal scoring each prefix from scratch."""
+    from core.rollout import path_targets, roll_out
 
     prompt = tiny_engine.encode("The dog ran")
-    steps, n, window = 5, 4, 3
-    truth = sample_many(tiny_engine, prompt, steps, n, seed=3)
+    steps, n = 5, 4
     path = Greedy().decode(tiny_engine, prompt, steps)
-    hits = _window_hits(tiny_engine, prompt, steps, window, torch.tensor([path.tokens]),
-                        torch.tensor([path.step_logprobs], dtype=torch.float64), n, 3, truth)
-    rows = truth.tokens.tolist()
+    rollout = roll_out(tiny_engine, prompt, steps, n, 3, targets={"greedy": path_targets([path], steps, None)})
+    assert torch.equal(rollout.tokens, sample_many(tiny_engine, prompt, steps, n, seed=3).tokens)
+    rows = rollout.tokens.tolist()
     for i in range(n):
-        for t in range(steps - window + 1):
-            prefixes = [prompt + rows[i][:t] + list(path.tokens[t : t + k]) for k in range(window)]
-            lp = tiny_engine.logprobs(prefixes)[torch.arange(window), list(path.tokens[t : t + window])]
-            assert math.log(float(hits[i, t])) == pytest.approx(float(lp.double().sum()), abs=1e-4)
+        lp = tiny_engine.logprobs([prompt + rows[i][:t] for t in range(steps)])
+        want = lp[torch.arange(steps), list(path.tokens)].exp()
+        torch.testing.assert_close(rollout.hits[:, i, 0], want, rtol=1e-4, atol=1e-7)
+        partner = int(rollout.partner()[i])
+        torch.testing.assert_close(rollout.pair_hits[:, i], lp[torch.arange(steps), rows[partner]].exp(),
+                                   rtol=1e-4, atol=1e-7)
+
+
+def test_divergence_fast_paths_equal_the_samplers_full_warp(tiny_engine):
+    """Pure temperature, top-k and top-p samplers take O(V) shortcuts over the truth rows (no sort);
+    the same samplers spelled so that they go through ``Sampling.warp`` (top_p=1.0 or top_k=V change
+    nothing) give the same estimates (to float32 rounding: the full warp runs in the model's float32,
+    the temperature shortcut in float64)."""
+    prompt = tiny_engine.encode("The dog ran")
+    cases = [(Sampling(0.7), Sampling(0.7, top_p=1.0)), (Sampling(top_k=2), Sampling(top_k=2, top_p=1.0)),
+             (Sampling(top_p=0.6), Sampling(top_p=0.6, top_k=10**6))]
+    for model, pre, steps in [(random_table(3, 4, seed=2), [], 4), (tiny_engine, prompt, 3)]:
+        for fast, full in cases:
+            for goal in (KL, TV):
+                a = estimate_risk(goal, model, fast, pre, steps, 64, 4)
+                b = estimate_risk(goal, model, full, pre, steps, 64, 4)
+                assert a.mean == pytest.approx(b.mean, rel=1e-6, abs=1e-5), (goal, fast)
+                assert a.ci_high == pytest.approx(b.ci_high, rel=1e-6, abs=1e-5) and a.exact == b.exact
+            assert truncated_mass(model, fast, pre, steps, 64, 4) == truncated_mass(model, full, pre, steps, 64, 4)

@@ -80,9 +80,30 @@ def test_shipped_model_few_tokens():
     at = run_page(steps=3, cmp_n_samples=16, cmp_depth=1, cmp_beam=2, cmp_shown=1)
     assert not at.exception and not at.error
     t = table(at)
-    assert len(t) == 8 and (t["ci_low"] <= t["risk"]).all() and (t["risk"] <= t["ci_high"]).all()
+    assert len(t) == 9 and (t["ci_low"] <= t["risk"]).all() and (t["risk"] <= t["ci_high"]).all()
     assert any("Monte Carlo" in c.value and "16 sampled" in c.value for c in at.caption)
     assert at.code[0].value  # the prompt is shown
+
+
+def test_monte_carlo_page_says_how_it_estimated():
+    """Issue 11: the split into fold A (choosing the Bayes output and MBR) and fold B (scoring them), the
+    regret's own interval, the small-n warning, MBR's references, the greedy certificate, EOS padding."""
+    at = run_page(prompt="import numpy as", steps=2, cmp_n_samples=16, cmp_depth=1, cmp_beam=2, cmp_shown=0)
+    assert not at.exception and not at.error
+    t = table(at)
+    assert {"regret", "regret_low", "regret_high", "n"} <= set(t.columns)
+    assert (t["regret_low"] <= t["regret"]).all() and (t["regret"] <= t["regret_high"]).all()
+    assert t.loc["MBR (Hamming)", "n"] == "n = 8" and t.loc["greedy", "n"] == "n = 16"
+    captions = " ".join(c.value for c in at.caption)
+    assert "chosen on the first 8 truth rows and scored on the other 8" in captions
+    assert "paired difference" in captions and "Student-t" in captions and "padded with EOS" in captions
+    assert "Eikema & Aziz 2020" in captions and "Bertsch et al. 2023" in captions and "ε = 0.02" in captions
+    assert "so a regret can be negative" not in captions
+    assert any("Few rows" in i.value for i in at.info)
+    assert any(s.value.startswith("Greedy is exactly the mode — certified, no search needed") for s in at.success)
+    at.selectbox(key="goal").set_value("Distribution match (TV)").run()
+    assert not at.exception and not at.error
+    assert "MBR (Hamming)" not in table(at).index and len(table(at)) == 8
 
 
 def test_navigation_declares_every_page_in_order():
@@ -107,7 +128,7 @@ def test_compare_runs_on_the_pretrained_smollm2():
     at = run_page(source="smollm2", prompt="The capital of France is", steps=2, cmp_n_samples=16, goal="Hamming")
     assert not at.exception and not at.error
     t = table(at)
-    assert len(t) == 8
+    assert len(t) == 9  # seven decoders, MBR and the Bayes output
     assert "Paris" in t.loc["greedy", "output"]
     assert (t["risk"] >= 0).all() and (t["risk"] <= 2).all()  # Hamming over 2 tokens
 
@@ -117,4 +138,4 @@ def test_switching_to_smollm2_keeps_the_page_responsive():
     at.selectbox(key="source").set_value("smollm2").run()
     assert not at.exception and not at.error
     assert at.session_state["steps"] == 8 and at.session_state["cmp_n_samples"] == 16
-    assert len(table(at)) == 8
+    assert len(table(at)) == 9
