@@ -157,3 +157,4 @@ def self_speculative(engine, prompt: Sequence[int], steps: int, heads: int | Non
         traces.append(Trace(before, tuple(fed), tuple(drafts), tuple(predicted), accepted, nxt))
         tokens.extend([*drafts[:accepted], nxt])
     return SpeculativeResult(tuple(tokens), len(traces), draft_passes, k, tuple(traces))
+from core.speculative_sample import speculative_sample  # noqa: E402,F401

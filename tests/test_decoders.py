@@ -143,7 +143,8 @@ def test_bad_parameters_raise_precise_errors(make, message):
 
 
 def test_warpers_on_hand_built_distributions():
-    lp = torch.tensor([0.3, 0.1, 0.1, 0.5]).log()
+    # float64: the exact definitions (float32 runs transformers' own processors: tests/test_warpers.py)
+    lp = torch.tensor([0.3, 0.1, 0.1, 0.5], dtype=torch.float64).log()
     before = lp.clone()
     assert warp_logprobs(lp, top_p=0.75).exp().tolist() == pytest.approx([0.375, 0, 0, 0.625])
     assert warp_logprobs(lp, top_p=0.45).exp().tolist() == pytest.approx([0, 0, 0, 1])
@@ -151,7 +152,7 @@ def test_warpers_on_hand_built_distributions():
     # top-k keeps every token tied with the k-th value; top-p splits ties to the lower ids
     assert warp_logprobs(lp, top_k=2).exp().tolist() == pytest.approx([0.375, 0, 0, 0.625])
     assert warp_logprobs(lp, top_k=3).exp().tolist() == pytest.approx([0.3, 0.1, 0.1, 0.5])
-    uniform = torch.zeros(4)
+    uniform = torch.zeros(4, dtype=torch.float64)
     assert warp_logprobs(uniform, top_p=0.5).exp().tolist() == pytest.approx([0.5, 0.5, 0, 0])
     assert warp_logprobs(uniform, temperature=0.1).exp().tolist() == pytest.approx([0.25] * 4)  # uniform stays
     sharp = warp_logprobs(lp, temperature=0.5).exp()
@@ -162,7 +163,7 @@ def test_warpers_on_hand_built_distributions():
 
 def test_top_p_on_wide_rows_matches_a_full_sort():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 5000, generator=g) * 3
+    x = torch.randn(64, 5000, generator=g, dtype=torch.float64) * 3
     for p in (0.1, 0.5, 0.9, 0.999):
         kept = warp_logprobs(x, top_p=p) > -math.inf
         probs = x.double().softmax(-1)
