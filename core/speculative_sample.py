@@ -193,20 +193,23 @@ def speculative_sample(engine, prompt: Sequence[int], steps: int, seed: int, sam
         draft_passes += 1
         before, fed = session.length, (x, *drafts)
         p = _warp_rows(sampler, session.feed(list(fed))[0], session.history)
-        accepted, expected, x, resampled = 0, [], None, False
-        for i, d in enumerate(drafts):
-            pi, qi = p[i].double().exp(), q[i].double().exp()
-            expected.append(float(torch.minimum(pi, qi).sum()))
-            if float(torch.rand(1, generator=gen, dtype=torch.float64)) * qi[d] < pi[d]:
-                accepted += 1
-                tokens.append(d)
-                if d == eos or len(tokens) == steps:
-                    break
-            else:
-                x, resampled = _draw_one(_residual(pi, qi), gen), True
-                break
-        else:
-            x = _draw_one(p[len(drafts)], gen)
+        big_p, big_q = p[:n_drafts].double().exp(), q.double().exp()
+        index = torch.arange(n_drafts)
+        ids = torch.tensor(drafts)
+        u = torch.rand(n_drafts, generator=gen, dtype=torch.float64)
+        keep = (u * big_q[index, ids] < big_p[index, ids]).tolist()  # accept with probability min(1, p/q)
+        accepted = keep.index(False) if False in keep else n_drafts
+        reached = min(accepted + 1, n_drafts)
+        expected = torch.minimum(big_p[:reached], big_q[:reached]).sum(dim=-1).tolist()  # 1 − TV(q, p)
+        kept = drafts[:accepted]
+        if eos in kept:  # the output ends at the first kept EOS
+            accepted = reached = kept.index(eos) + 1
+            expected, kept = expected[:reached], kept[:accepted]
+        tokens.extend(kept)
+        x, rejected = None, accepted < n_drafts
+        if tokens[-1] != eos and len(tokens) < steps:  # else the output ended in this pass: no bonus
+            x = _draw_one(_residual(big_p[accepted], big_q[accepted]) if rejected else p[n_drafts], gen)
+        resampled = x is not None and rejected
         session.rollback(before + 1 + accepted)
         traces.append(SampledTrace(before, fed, tuple(drafts), accepted, tuple(expected), x, resampled))
         if x is None:
