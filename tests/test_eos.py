@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Sampling, best_first_search, sample_many, walk
 from core.goals import DistributionMatch, Hamming, ZeroOne
 from core.protocol import logprobs_after, pad_after_eos, start_session
 from core.risk import bayes_output, exact_risk
 from core.toy import PRESETS, MarkovChain, TableDistribution, eos_toy, output_distribution
+from tests.chisq import assert_frequencies_match
 from tests.conftest import make_tiny_engine
 
 A, END = 0, 1
@@ -134,14 +134,7 @@ def test_sampling_on_an_eos_toy_pads_rows_and_ends_paths():
                                 rows.paths()):
         assert tuple(row) == pad_after_eos(row[:k], 4, eos) and path.tokens == tuple(row[:k])
         assert all(x == 0.0 for x in lp[k:]) and path.logprob == pytest.approx(sum(lp))
-    padded = dict(toy.support())
-    counts = dict.fromkeys(padded, 0)
-    for row in map(tuple, rows.tokens.tolist()):
-        counts[row] += 1
-    keys = [y for y in padded if padded[y] * 20000 >= 5]
-    observed = [counts[y] for y in keys] + [20000 - sum(counts[y] for y in keys)]
-    expected = [padded[y] * 20000 for y in keys] + [20000 - sum(padded[y] * 20000 for y in keys)]
-    assert chisquare(observed, expected).pvalue > 1e-3
+    assert_frequencies_match(map(tuple, rows.tokens.tolist()), dict(toy.support()))
 
 
 # ---- sessions ----------------------------------------------------------------------------------------
