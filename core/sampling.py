@@ -208,7 +208,10 @@ def walk(model: NextTokenModel, prompt: Sequence[int], steps: int, n: int, *, se
 
     Each row's next token is drawn from ``sampler`` (default: the model at temperature 1) with a
     ``torch.Generator`` seeded by ``seed``, or read from ``tokens`` [n, steps] (teacher forcing).
-    Yields a ``Step`` before the tokens are appended, so a caller may fork ``session`` there.
+    Yields a ``Step`` before the tokens are appended, so a caller may fork ``session`` there. After a
+    row's EOS its log-probs are a point mass on EOS (so teacher-forced rows must be padded with EOS,
+    as ``pad_after_eos`` pads them); ``Step.history`` is what a history-dependent sampler reads
+    (``sampler.warp(step.logprobs, step.history)``).
     """
     if tokens is None:
         gen = torch.Generator().manual_seed(check_seed(seed))
