@@ -218,3 +218,6 @@ def self_speculative(engine, prompt: Sequence[int], steps: int, heads: int | Non
         tokens.extend([*drafts[:accepted], nxt])
     return SpeculativeResult(tuple(tokens), len(traces) + greedy.forwards, draft_passes, k, tuple(traces),
                              greedy.replays, greedy.forwards)
+
+
+from core.speculative_sample import speculative_sample  # noqa: E402,F401

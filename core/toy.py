@@ -1,4 +1,4 @@
-"""Exact toy distributions over fixed-length token sequences, and the presets the pages show.
+"""Exact toy distributions over fixed-length token sequences (the named presets are in ``core.presets``).
 
 A toy is a ``NextTokenModel`` whose prefixes are the tokens generated so far (no prompt, length
 0..length-1) and which can also be enumerated, so every decoder, goal and risk can be checked
@@ -12,6 +12,11 @@ Log-probabilities are float64 and ``-inf`` for impossible tokens. A table's cond
 prefix of probability zero is undefined; it is taken as uniform (only decoders that wander onto
 impossible prefixes, e.g. a wide beam, ever see it, and their joint probability stays zero).
 
+A toy may have an EOS id (``eos_id``): its sequences are then variable-length outputs padded with EOS
+to ``length`` tokens (``core.protocol.pad_after_eos``), every prefix containing EOS continues with EOS
+for sure, and ``prob`` accepts an output ending at its EOS. ``token_text`` names the tokens (A, B, ...
+unless ``token_names`` are given).
+
 References: the worked examples E1-E4 are in ../shared/claims.md.
 """
 
@@ -19,12 +24,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from core.protocol import pad_after_eos, point_mass
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ENUMERATION_LIMIT = 1 << 20  # most sequences (or dense table cells) any exact computation enumerates
 SUM_TOLERANCE = 1e-9
 
@@ -70,7 +77,36 @@ class _Toy:
 
     vocab_size: int
     length: int
-    eos_id = None
+    eos_id: int | None = None
+    token_names: tuple[str, ...] | None = None
+
+    def _set_eos(self, eos_id, token_names) -> None:
+        if eos_id is not None:
+            _check_int("eos_id", eos_id, low=0)
+            if eos_id >= self.vocab_size:
+                raise ValueError(f"eos_id must be a token in 0..{self.vocab_size - 1}, got {eos_id}")
+            eos_id = int(eos_id)
+        if token_names is not None:
+            token_names = tuple(str(n) for n in token_names)
+            if len(token_names) != self.vocab_size:
+                raise ValueError(f"token_names must name all {self.vocab_size} tokens, got {len(token_names)}")
+        self.eos_id, self.token_names = eos_id, token_names
+
+    def token_text(self, token_id: int) -> str:
+        """The token's name: ``token_names[token_id]``, else A, B, ... (``<id>`` past Z)."""
+        if self.token_names is not None:
+            return self.token_names[token_id]
+        return LETTERS[token_id] if 0 <= token_id < len(LETTERS) else f"<{token_id}>"
+
+    def _ended(self, prefix) -> bool:
+        return self.eos_id is not None and self.eos_id in prefix
+
+    def _padded(self, seq: Sequence[int]) -> tuple[int, ...]:
+        """A sequence as the toy holds it: with an EOS id, padded with EOS after its first EOS."""
+        seq = tuple(int(t) for t in seq)
+        if self.eos_id is not None and self.eos_id in seq[: self.length]:
+            seq = pad_after_eos(seq, self.length, self.eos_id)
+        return self._check_sequence(seq)
 
     def joint(self) -> tuple[np.ndarray, np.ndarray]:
         """(sequences [N, length] int64, probabilities [N] float64) of every sequence with positive
@@ -125,9 +161,12 @@ class TableDistribution(_Toy):
             one length >= 1; probabilities are >= 0 and sum to 1 within 1e-9. Missing sequences
             have probability 0.
         vocab_size: number of token ids.
+        eos_id: None, or the EOS token: every sequence must then be padded with EOS after its first EOS.
+        token_names: None, or one name per token (for ``token_text``).
     """
 
-    def __init__(self, probs: Mapping[Sequence[int], float], vocab_size: int):
+    def __init__(self, probs: Mapping[Sequence[int], float], vocab_size: int, eos_id: int | None = None,
+                 token_names: Sequence[str] | None = None):
         _check_int("vocab_size", vocab_size)
         if not probs:
             raise ValueError("probs must hold at least one sequence")
@@ -147,12 +186,19 @@ class TableDistribution(_Toy):
             raise ValueError(f"probabilities must sum to 1 (within {SUM_TOLERANCE:g}), got {total!r}")
         self.vocab_size = int(vocab_size)
         self.length = len(first)
+        self._set_eos(eos_id, token_names)
+        if self.eos_id is not None:
+            for s in table:
+                if self.eos_id in s and any(t != self.eos_id for t in s[s.index(self.eos_id):]):
+                    raise ValueError(f"sequence {s} continues after EOS (token {self.eos_id}); a toy with an EOS id "
+                                     "holds outputs padded with EOS after their first EOS")
         self._table = {s: p for s, p in sorted(table.items()) if p > 0}
         self._build_conditionals()
 
     def _build_conditionals(self) -> None:
         """Row i of ``_logcond`` is log p(. | prefix) for the prefix with ``_row[prefix] == i``;
-        the last row is the uniform row used for prefixes of probability zero."""
+        then the uniform row used for prefixes of probability zero, and the point mass on EOS for
+        prefixes that contain EOS (with an EOS id)."""
         child_mass: dict[tuple[int, ...], np.ndarray] = {}
         for s, p in self._table.items():
             for t in range(self.length):
@@ -163,6 +209,8 @@ class TableDistribution(_Toy):
         uniform = np.full((1, self.vocab_size), -math.log(self.vocab_size))
         self._row = {prefix: i for i, prefix in enumerate(child_mass)}
         self._logcond = torch.from_numpy(np.concatenate([logcond, uniform]))
+        if self.eos_id is not None:
+            self._logcond = torch.cat([self._logcond, point_mass(self._logcond[:1], self.eos_id)])
 
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """[B, V] float64 log p(. | prefix); prefixes are the tokens so far (length 0..length-1)."""
@@ -173,12 +221,13 @@ class TableDistribution(_Toy):
             i = self._row.get(key)
             if i is None:
                 self._check_prefix(key)
-                i = uniform
+                i = uniform + 1 if self._ended(key) else uniform
             rows.append(i)
         return self._logcond[rows]
 
     def prob(self, seq: Sequence[int]) -> float:
-        return self._table.get(self._check_sequence(seq), 0.0)
+        """P(seq); with an EOS id ``seq`` may end at its EOS (it is padded)."""
+        return self._table.get(self._padded(seq), 0.0)
 
     def joint(self) -> tuple[np.ndarray, np.ndarray]:
         seqs = np.array(list(self._table), dtype=np.int64).reshape(len(self._table), self.length)
@@ -195,9 +244,12 @@ class MarkovChain(_Toy):
         initial: [V] probabilities (>= 0, summing to 1 within 1e-9).
         transition: [V, V]; row s is the distribution of the next token after token s.
         length: number of tokens, >= 1.
+        eos_id: None, or the EOS token: its transition row must put all mass on EOS (it absorbs).
+        token_names: None, or one name per state (for ``token_text``).
     """
 
-    def __init__(self, initial, transition, length: int):
+    def __init__(self, initial, transition, length: int, eos_id: int | None = None,
+                 token_names: Sequence[str] | None = None):
         initial = np.array(initial, dtype=np.float64)
         transition = np.array(transition, dtype=np.float64)
         if initial.ndim != 1 or initial.shape[0] < 1:
@@ -212,6 +264,10 @@ class MarkovChain(_Toy):
         transition.setflags(write=False)
         self.initial, self.transition = initial, transition
         self.vocab_size, self.length = v, int(length)
+        self._set_eos(eos_id, token_names)
+        if self.eos_id is not None and transition[self.eos_id, self.eos_id] != 1.0:
+            raise ValueError(f"transition row {self.eos_id} (EOS) must put all its mass on EOS: after EOS a toy "
+                             "emits only EOS")
         # rows 0..V-1: log transition[s]; row V: log initial (the empty prefix)
         self._logcond = torch.from_numpy(np.concatenate([_log(transition), _log(initial)[None]]))
 
@@ -221,11 +277,12 @@ class MarkovChain(_Toy):
         for p in prefixes:
             if len(p) >= self.length or (len(p) and not 0 <= p[-1] < self.vocab_size):
                 self._check_prefix(p)
-            rows.append(int(p[-1]) if len(p) else self.vocab_size)
+            rows.append(self.eos_id if self._ended(p) else int(p[-1]) if len(p) else self.vocab_size)
         return self._logcond[rows]
 
     def prob(self, seq: Sequence[int]) -> float:
-        seq = self._check_sequence(seq)
+        """P(seq); with an EOS id ``seq`` may end at its EOS (it is padded)."""
+        seq = self._padded(seq)
         p = self.initial[seq[0]]
         for a, b in itertools.pairwise(seq):
             p *= self.transition[a, b]
@@ -298,152 +355,6 @@ def random_table(vocab_size: int, length: int, seed: int, alpha: float = 1.0,
     return TableDistribution(dict(zip(itertools.product(range(vocab_size), repeat=length), p.tolist())), vocab_size)
 
 
-MAX_TREE_DEPTH = 8
-
-
-def binary_tree(p_a: Mapping[tuple[int, ...], float] | Sequence[float], n: int) -> TableDistribution:
-    """A distribution over {A=0, B=1}^n from the conditionals P(A | prefix).
-
-    Args:
-        p_a: either {prefix: P(A | prefix)} for every prefix of length 0..n-1 (2^n - 1 entries), or
-            the same numbers as a list in breadth-first order: P(A), P(A|A), P(A|B), P(A|AA),
-            P(A|AB), P(A|BA), ...
-        n: length, 1..MAX_TREE_DEPTH.
-
-    Conditionals below a prefix of probability zero do not change the distribution and are
-    dropped (the table then reports them as uniform).
-    """
-    if not isinstance(n, int) or not 1 <= n <= MAX_TREE_DEPTH:
-        raise ValueError(f"n must be an integer in 1..{MAX_TREE_DEPTH}, got {n!r}")
-    prefixes = [p for k in range(n) for p in itertools.product((0, 1), repeat=k)]
-    if isinstance(p_a, Mapping):
-        cond = {tuple(k): float(v) for k, v in p_a.items()}
-        missing = [p for p in prefixes if p not in cond]
-        extra = [k for k in cond if k not in set(prefixes)]
-        if missing or extra:
-            bad = missing[0] if missing else extra[0]
-            raise ValueError(f"p_a must give P(A | prefix) for every prefix of length 0..{n - 1}; bad or missing {bad}")
-    else:
-        values = [float(v) for v in p_a]
-        if len(values) != len(prefixes):
-            raise ValueError(f"p_a must hold 2^n - 1 = {len(prefixes)} conditionals for n={n}, got {len(values)}")
-        cond = dict(zip(prefixes, values))
-    for prefix, q in cond.items():
-        if not (math.isfinite(q) and 0 <= q <= 1):
-            raise ValueError(f"P(A | {prefix}) must be in [0, 1], got {q!r}")
-    probs = {}
-    for seq in itertools.product((0, 1), repeat=n):
-        p = 1.0
-        for t, tok in enumerate(seq):
-            q = cond[seq[:t]]
-            p *= q if tok == 0 else 1.0 - q
-        probs[seq] = p
-    return TableDistribution(probs, 2)
-
-
-def cnf_distribution(clauses: Sequence[Sequence[int]], n_vars: int, beta: float) -> TableDistribution:
-    """P(x) ∝ exp(-beta · #clauses x violates) over x in {0=false, 1=true}^n_vars.
-
-    Clauses are DIMACS-style: literal k > 0 is x_k, -k is not x_k (1-based). For beta > 0 the
-    satisfying assignments (if any) are exactly the modes."""
-    if not isinstance(n_vars, int) or not 1 <= n_vars <= 20:
-        raise ValueError(f"n_vars must be an integer in 1..20, got {n_vars!r}")
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be >= 0 and finite, got {beta!r}")
-    for clause in clauses:
-        if not clause or any(not (isinstance(lit, int) and 1 <= abs(lit) <= n_vars) for lit in clause):
-            raise ValueError(f"clause {tuple(clause)} must be a non-empty list of literals ±1..±{n_vars}")
-    xs = np.array(list(itertools.product((0, 1), repeat=n_vars)), dtype=bool)
-    violated = np.zeros(len(xs))
-    for clause in clauses:
-        sat = np.zeros(len(xs), dtype=bool)
-        for lit in clause:
-            sat |= xs[:, abs(lit) - 1] if lit > 0 else ~xs[:, abs(lit) - 1]
-        violated += ~sat
-    w = np.exp(-beta * (violated - violated.min()))
-    w /= w.sum()
-    return TableDistribution({tuple(x.astype(int).tolist()): float(p) for x, p in zip(xs, w)}, 2)
-
-
-def hidden_path(n: int = 6, p_main: float = 0.55, stay: float = 0.7, p_hidden: float = 0.13) -> TableDistribution:
-    """Vocabulary {0,1,2,3}. Token 0 (prob ``p_main``) opens an attractive branch that then repeats
-    0 with prob ``stay`` (else 1, 2, 3 equally); tokens 1 and 2 share the rest with 3 and open
-    uniform branches; token 3 (prob ``p_hidden``, the least likely first token) is followed by 3s
-    with certainty. With the defaults the mode is 333333 (P = .13) while greedy, every lookahead
-    up to depth 5 and beams narrower than 4 end in the 0-branch (best path 000000, P = .092)."""
-    rest = 1.0 - p_main - p_hidden
-    if not (0 < p_hidden < p_main and rest >= 0 and 0 < stay < 1 and n >= 2):
-        raise ValueError("hidden_path needs 0 < p_hidden < p_main, p_main + p_hidden <= 1, 0 < stay < 1, n >= 2")
-    first = {0: p_main, 1: rest / 2, 2: rest / 2, 3: p_hidden}
-    probs = {}
-    for seq in itertools.product(range(4), repeat=n):
-        p = first[seq[0]]
-        for tok in seq[1:]:
-            if seq[0] == 0:
-                p *= stay if tok == 0 else (1 - stay) / 3
-            elif seq[0] == 3:
-                p *= 1.0 if tok == 3 else 0.0
-            else:
-                p *= 0.25
-        if p > 0:
-            probs[seq] = p
-    return TableDistribution(probs, 4)
-
-
-@dataclass(frozen=True)
-class ToyPreset:
-    """A named toy for the pages: ``build()`` returns a fresh model."""
-
-    name: str
-    description: str
-    build: Callable[[], Toy]
-
-
-E1_CONDITIONALS = {(): 0.6, (0,): 0.55, (1,): 0.9}
-E2_CONDITIONALS = {(): 0.6, (0,): 0.55, (1,): 0.0}
-SAT_CLAUSES = ((1,),) + tuple((-1, k) for k in range(2, 9))
-
-PRESETS: dict[str, ToyPreset] = {
-    p.name: p
-    for p in (
-        ToyPreset(
-            "E1",
-            "Greedy ≠ mode, and the mode is not Hamming-optimal (n=2): P(A)=.6, P(A|A)=.55, P(A|B)=.9. "
-            "Greedy AA (.33), mode BA (.36), marginal mode AA. Sampling at τ=1 matches P (E3); "
-            "at τ=.5 it does not (E4).",
-            lambda: binary_tree(E1_CONDITIONALS, 2),
-        ),
-        ToyPreset(
-            "E2",
-            "Three different winners (n=2): P(A)=.6, P(A|A)=.55, P(A|B)=0. "
-            "Greedy AA, mode BB (0-1 optimal), AB is Hamming-optimal.",
-            lambda: binary_tree(E2_CONDITIONALS, 2),
-        ),
-        ToyPreset(
-            "hidden path",
-            "A high-probability path behind the least likely first token (n=6, 4 tokens): 333333 has "
-            "P=.13 and is the mode, but greedy, lookahead up to depth 5 and beams of width ≤ 3 all "
-            "follow the attractive 0-branch whose best path 000000 has P=.092.",
-            hidden_path,
-        ),
-        ToyPreset(
-            "SAT trap",
-            "P(x) ∝ exp(-2·#violated clauses) for x1 ∧ (x1→x2) ∧ … ∧ (x1→x8) over 8 binary variables "
-            "(B = true). The unique satisfying assignment BBBBBBBB is the mode, but the x1 = false "
-            "half violates just one clause and holds most of the mass: greedy and every lookahead "
-            "up to depth 4 commit to A first, and the beam needs width > 2^(t-1) to keep it.",
-            lambda: cnf_distribution(SAT_CLAUSES, 8, 2.0),
-        ),
-        ToyPreset(
-            "Markov chain",
-            "A random 3-state Markov chain of length 6 (Dirichlet α=0.5, seed 3) with three different "
-            "winners: greedy 100000 (P=.098), the mode 122222 (P=.337), the Hamming-optimal 102222.",
-            lambda: random_markov_chain(3, 0.5, 6, seed=3),
-        ),
-    )
-}
-
-
 def sequence_tempered(truth: Toy, tau: float) -> dict[tuple[int, ...], float]:
     """Sequence-level tempering P(y)^(1/τ) / Z over the truth's support (limit τ → 0: the mode).
     Contrast with per-token temperature, whose limit is the greedy path."""
@@ -458,13 +369,16 @@ def sequence_tempered(truth: Toy, tau: float) -> dict[tuple[int, ...], float]:
 
 
 def output_distribution(decoder, truth, steps: int, prompt: Sequence[int] = ()) -> dict[tuple[int, ...], float]:
-    """The exact distribution r of ``decoder``'s outputs of ``steps`` tokens on ``truth``.
+    """The exact distribution r of ``decoder``'s outputs of ``steps`` tokens on ``truth`` (outputs that
+    end at EOS padded with EOS to ``steps`` tokens).
 
     Deterministic decoders give a point mass on their output. Random decoders (``Sampling``) are
-    enumerated through their warped per-step probabilities, one ``logprobs`` call per depth, keeping
-    only outputs with r > 0 (guarded by ``ENUMERATION_LIMIT``)."""
+    enumerated through their warped per-step probabilities (the rows' tokens so far given as the
+    history the repetition penalty reads), one ``logprobs`` call per depth, keeping only outputs
+    with r > 0 (guarded by ``ENUMERATION_LIMIT``)."""
     if not decoder.is_random:
-        return {decoder.decode(truth, list(prompt), steps).tokens: 1.0}
+        tokens = decoder.decode(truth, list(prompt), steps).tokens
+        return {pad_after_eos(tokens, steps, getattr(truth, "eos_id", None)): 1.0}
     room = truth.length - len(prompt)
     if not isinstance(steps, int | np.integer) or isinstance(steps, bool) or not 1 <= steps <= room:
         raise ValueError(f"steps must be an integer in 1..{room} for this toy of length {truth.length}, got {steps!r}")
@@ -472,7 +386,11 @@ def output_distribution(decoder, truth, steps: int, prompt: Sequence[int] = ()) 
     for _ in range(steps):
         _check_size("enumerating the decoder's outputs", len(frontier) * truth.vocab_size)
         keys = list(frontier)
-        warped = decoder.warp(truth.logprobs([list(prompt) + list(k) for k in keys]).double())
+        rows = [list(prompt) + list(k) for k in keys]
+        history = None
+        if getattr(decoder, "needs_history", False):
+            history = torch.tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+        warped = decoder.warp(truth.logprobs(rows).double(), history)
         nxt = {}
         for key, row in zip(keys, warped):
             base = frontier[key]
@@ -480,3 +398,17 @@ def output_distribution(decoder, truth, steps: int, prompt: Sequence[int] = ()) 
                 nxt[key + (v,)] = base + float(row[v])
         frontier = nxt
     return {k: math.exp(lr) for k, lr in sorted(frontier.items())}
+
+
+_PRESET_NAMES = frozenset({"MAX_TREE_DEPTH", "binary_tree", "cnf_distribution", "hidden_path", "eos_toy", "ToyPreset",
+                           "E1_CONDITIONALS", "E2_CONDITIONALS", "SAT_CLAUSES", "PRESETS"})
+
+
+def __getattr__(name: str):
+    """The preset builders live in ``core.presets`` (imported on first use, so neither module imports
+    the other at load time)."""
+    if name in _PRESET_NAMES:
+        from core import presets
+
+        return getattr(presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -64,3 +64,40 @@ def test_heads_no_draft_reached_show_a_dash():
     for column in ("kept / verified", "kept / reached"):
         assert [v is None or v != v for v in table[column]] == [n == 0 for n in want.drafts_offered]
     assert at.dataframe[0].proto.placeholder == "—"
+
+
+def test_sampling_mode_matches_core_and_reruns_on_new_settings():
+    from core.decoders import Sampling
+    from core.speculative_sample import speculative_sample
+
+    at = _page(steps=12, seed=3, spec_mode="sampling", spec_repeats=1)
+    assert not at.exception and not at.error
+    engine = load_default()
+    prompt = engine.encode(at.session_state["prompt"])
+    want = speculative_sample(engine, prompt, 12, 3, Sampling())
+    shown = _metrics(at)
+    assert shown["Tokens per forward"] == f"{want.tokens_per_forward:.2f}"
+    assert shown["Model passes"] == f"{want.forwards} vs {len(want.tokens)}"
+    assert shown["Output distribution"] == "= ancestral"
+    assert float(shown["Wall-clock speed-up"].rstrip("×")) > 0
+    caption = at.caption[0].value
+    assert "min(1, p/q)" in caption and "1 − TV(q_k, p)" in caption and "seed 3" in caption
+    table = at.dataframe[0].value
+    assert list(table["head"]) == ["head 2", "head 3", "head 4"]
+    assert list(table["drafts reached"]) == list(want.drafts_reached)
+    for shown_rate, rate in zip(table["expected 1 − TV"], want.expected_acceptance_per_head):
+        assert (shown_rate is None or shown_rate != shown_rate) if rate != rate else shown_rate == round(rate, 4)
+    assert at.markdown[0].value.count('title="pass ') == want.forwards
+
+    at.slider(key="spec_temperature").set_value(0.5).run()
+    assert not at.exception and not at.error
+    cooler = speculative_sample(engine, prompt, 12, 3, Sampling(0.5))
+    assert _metrics(at)["Model passes"] == f"{cooler.forwards} vs {len(cooler.tokens)}"
+    assert "τ=0.5" in at.caption[0].value
+
+
+def test_bad_mode_in_a_link_falls_back_to_greedy():
+    at = _page(steps=4, spec_mode="beam")
+    assert not at.exception
+    assert any("Mode" in e.value and "greedy or sampling" in e.value for e in at.error)
+    assert at.session_state["spec_mode"] == "greedy" and "Output equals greedy" in _metrics(at)

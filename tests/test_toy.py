@@ -184,7 +184,7 @@ def test_every_preset_builds_and_is_a_distribution():
     for name, preset in PRESETS.items():
         toy = preset.build()
         assert preset.name == name and preset.description
-        assert toy.eos_id is None
+        assert (toy.eos_id is not None) == (name == "EOS")  # only the C12 toy has an EOS
         assert sum(p for _, p in toy.support()) == pytest.approx(1.0, abs=1e-9)
 
 
