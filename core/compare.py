@@ -36,7 +36,7 @@ import torch
 from core.compute import pin_thread
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_groups, sample_many
 from core.estimators import Estimate
-from core.mbr import MBR, EpsilonCut, pick
+from core.mbr import MBR, check_epsilon, epsilon_sampler, pick
 from core.risk import GreedyCertificate, certificate_from_scores, exact_risk
 from core.rollout import (
     DRAWS_STREAM,
@@ -184,7 +184,7 @@ def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str
     lo, hi = MBR_CANDIDATES_RANGE
     if not isinstance(s.mbr_candidates, int) or not lo <= s.mbr_candidates <= hi:
         raise ValueError(f"MBR candidates must be an integer from {lo} to {hi}, got {s.mbr_candidates!r}")
-    EpsilonCut(s.mbr_epsilon)
+    check_epsilon(s.mbr_epsilon)
     budget = {} if exact else {"node_budget": NEURAL_NODE_BUDGET}
     return [
         ("greedy", Greedy()),
@@ -210,7 +210,7 @@ def _draw_specs(settings: DecoderSettings, seed: int, n_samples: int, exact: boo
     specs += [(f"shown:{key}", (1, seed, d)) for key, d in random]
     if pointwise and not exact:  # on a toy MBR draws its own candidates and references
         specs.append(("mbr", (settings.mbr_candidates, derived_seed(seed, MBR_STREAM),
-                              EpsilonCut(settings.mbr_epsilon))))
+                              epsilon_sampler(settings.mbr_epsilon))))
     if settings.shown_samples:
         specs.append(("samples", (settings.shown_samples, seed + 1, None)))
     return specs

@@ -14,6 +14,7 @@ Ties break to the lowest token id everywhere (for sequences: the lexicographical
   ``transformers``' order; ``sample_many`` draws n rows at once.
 * ``Beam(width, length_penalty, early_stopping)``: beam search as ``generate(num_beams=width)``.
 * ``Fixed(tokens)``: a given output, to evaluate it like any other decoder.
+* ``MBR(goal, n_candidates, epsilon)``: minimum Bayes risk over ε-sampled candidates (``core.mbr``).
 
 This module gathers them from ``core.path``, ``core.warpers``, ``core.sampling``, ``core.search`` and
 ``core.beam``. Sampling and beam search use ``start_session`` so neural models step with their KV
@@ -41,3 +42,13 @@ __all__ = [
     "SearchResult", "Step", "best_first_search", "check_call", "check_count", "check_seed", "draw", "make_path",
     "sample_groups", "sample_many", "sum_in_order", "top_indices", "walk", "warp_logprobs",
 ]
+
+
+def __getattr__(name: str):
+    """``MBR`` on first use: ``core.mbr`` builds on this module, so importing it here eagerly would be
+    circular (``from core.decoders import MBR`` works in either import order)."""
+    if name == "MBR":
+        from core.mbr import MBR
+
+        return MBR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

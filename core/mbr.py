@@ -6,7 +6,7 @@ need? The inadequacy of the mode": MBR over about 30 samples beats beam search),
 ROUGE-1 beats greedy and beam search under ROUGE-1 (Bertsch et al. 2023, "It's MBR all the way down").
 Candidates come from ε-sampling, which keeps tokens with p ≥ ε (Freitag et al. 2023 use ε = 0.02).
 
-* Candidates: ``n_candidates`` ε-sampled rows (``EpsilonCut``; seeded by ``derived_seed(seed,
+* Candidates: ``n_candidates`` ε-sampled rows (``Sampling(epsilon_cutoff=ε)``; seeded by ``derived_seed(seed,
   MBR_STREAM)``), plus any extra candidates (Compare adds the other decoders' outputs).
 * Pseudo-references: ``n_references`` rows drawn from P at temperature 1 (seeded by ``derived_seed(seed,
   REFERENCES_STREAM)``, so ``estimate_risk(..., MBR(...), ..., seed)`` scores the pick on other rows), walked
@@ -20,13 +20,12 @@ The unconstrained optimum of the same estimated utilities (per-position argmax, 
 goal's Bayes output (``core.goals``); Compare shows both. Distribution matching has no pointwise loss,
 so MBR refuses it.
 
-ε-sampling is implemented here (``EpsilonCut``) until ``Sampling(epsilon_cutoff=...)`` exists; it
-follows ``transformers``' EpsilonLogitsWarper (min_tokens_to_keep=1).
+ε-sampling is ``Sampling(epsilon_cutoff=ε)``: ``transformers``' EpsilonLogitsWarper on a model's float32
+scores, its exact definition on toys.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from core.compute import pin_thread
-from core.decoders import Path, check_call, check_count, sample_many
+from core.decoders import Path, Sampling, check_call, check_count, sample_many
 from core.rollout import (
     MBR_STREAM,
     REFERENCES_STREAM,
@@ -47,27 +46,16 @@ from core.rollout import (
 )
 
 
-@dataclass(frozen=True)
-class EpsilonCut:
-    """ε-sampling: keep the tokens with p >= ``epsilon`` (always the most likely one), renormalise."""
+def check_epsilon(epsilon) -> None:
+    """ValueError unless ``epsilon`` (MBR's ε-sampling cutoff) is a number in (0, 1)."""
+    if isinstance(epsilon, bool) or not (isinstance(epsilon, int | float) and 0 < epsilon < 1):
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
 
-    epsilon: float = 0.02
-    is_random: ClassVar[bool] = True
 
-    def __post_init__(self):
-        if not (isinstance(self.epsilon, int | float) and 0 < self.epsilon < 1):
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon!r}")
-
-    @property
-    def label(self) -> str:
-        return f"ε-sampling (ε={self.epsilon:g})"
-
-    def warp(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """Normalised log-probs [..., V] with the tokens below ε set to -inf."""
-        top = logprobs.max(dim=-1, keepdim=True).values
-        cut = (logprobs < math.log(self.epsilon)) & (logprobs < top)
-        scores = logprobs.masked_fill(cut, -math.inf)
-        return scores - torch.logsumexp(scores, dim=-1, keepdim=True)
+def epsilon_sampler(epsilon: float) -> Sampling:
+    """ε-sampling (keep the tokens with p >= ε, always the most likely one), as MBR draws candidates."""
+    check_epsilon(epsilon)
+    return Sampling(epsilon_cutoff=float(epsilon))
 
 
 @dataclass(frozen=True)
@@ -111,7 +99,7 @@ class MBR:
             raise ValueError("MBR needs a pointwise goal (0-1, Hamming or N-gram Hamming), got "
                              f"{getattr(self.goal, 'name', self.goal)!r}")
         check_count("n_candidates", self.n_candidates)
-        EpsilonCut(self.epsilon)
+        check_epsilon(self.epsilon)
         if self.n_references is not None and (not isinstance(self.n_references, int | np.integer)
                                               or isinstance(self.n_references, bool) or self.n_references < 2):
             raise ValueError(f"n_references must be None or an integer >= 2, got {self.n_references!r}")
@@ -133,7 +121,7 @@ class MBR:
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         pin_thread()
         drawn = sample_many(model, prompt, steps, self.n_candidates, derived_seed(seed, MBR_STREAM),
-                            EpsilonCut(self.epsilon))
+                            epsilon_sampler(self.epsilon))
         paths = list(extra) + drawn.paths()
         tokens, logp = path_targets(paths, steps, getattr(model, "eos_id", None))
         refs = self.n_references or self.n_candidates

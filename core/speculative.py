@@ -192,7 +192,8 @@ def self_speculative(engine, prompt: Sequence[int], steps: int, heads: int | Non
     traces = [Trace(len(prompt), (), (), (nxt,), 0, nxt)]
     tokens = [nxt]
     draft_passes = 0
-    while len(tokens) < steps:
+    eos = getattr(engine, "eos_id", None)
+    while len(tokens) < steps and tokens[-1] != eos:  # greedy stops after emitting EOS
         room = steps - len(tokens)  # tokens still wanted; this pass commits 1..min(k, room)
         drafts: list[int] = []
         if room > 1:
@@ -213,6 +214,8 @@ def self_speculative(engine, prompt: Sequence[int], steps: int, heads: int | Non
                 break
             accepted += 1
         nxt = predicted[accepted]
+        if eos in drafts[:accepted]:  # an accepted EOS ends the output: it becomes this pass's last token
+            accepted, nxt = drafts.index(eos), eos
         session.rollback(before + accepted + 1)
         traces.append(Trace(before, tuple(fed), tuple(drafts), tuple(predicted), accepted, nxt, tuple(replayed)))
         tokens.extend([*drafts[:accepted], nxt])

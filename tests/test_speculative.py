@@ -34,13 +34,15 @@ def _example_prompts() -> list[tuple[str, str]]:
     return [(p["name"], p["text"]) for p in json.loads(PROMPTS.read_text())]
 
 
-def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int) -> None:
-    assert len(r.tokens) == steps
+def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int, eos: int | None = 0) -> None:
+    """``eos``: the model's EOS id (the shipped and tiny engines' is 0): an output ends early only there."""
+    n = len(r.tokens)
+    assert n == steps or (n < steps and r.tokens[-1] == eos and eos not in r.tokens[:-1])
     assert r.forwards == len(r.traces) + r.replay_forwards
     assert r.replays == sum(len(t.replayed) for t in r.traces)
     assert (r.replay_forwards == 0) == (r.replays == 0)
     assert r.replay_forwards <= steps  # greedy's own prompt pass and steps, each made at most once
-    assert sum(len(t.committed) for t in r.traces) == steps
+    assert sum(len(t.committed) for t in r.traces) == n
     assert tuple(x for t in r.traces for x in t.committed) == r.tokens
     assert r.traces[0].fed == () and r.traces[0].drafted == ()
     for prev, t in zip(r.traces, r.traces[1:]):
@@ -48,11 +50,11 @@ def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int) -> None:
         assert len(t.drafted) <= k - 1
         assert 0 <= t.accepted <= len(t.drafted)
         assert t.drafted[: t.accepted] == t.predicted[: t.accepted]  # kept drafts were head 1's argmax
-        if t.accepted < len(t.drafted):
+        if t.accepted < len(t.drafted) and t.bonus != eos:  # (an accepted EOS draft ends the output)
             assert t.drafted[t.accepted] != t.predicted[t.accepted]  # the first rejected one was not
         assert t.bonus == t.predicted[t.accepted]
         assert all(0 <= i <= t.accepted for i in t.replayed) and list(t.replayed) == sorted(set(t.replayed))
-    assert r.tokens_per_forward == pytest.approx(steps / r.forwards)
+    assert r.tokens_per_forward == pytest.approx(n / r.forwards)
     assert r.tokens_per_forward <= k
     assert r.draft_passes <= r.forwards - 1
     for n, a, c in zip(r.drafts_offered, r.acceptance_per_head, r.conditional_acceptance_per_head):
@@ -160,7 +162,8 @@ def test_near_ties_are_replayed_on_greedys_path(engine, monkeypatch):
     _perturbed_feeds(monkeypatch, 2 * LOGPROB_TOLERANCE)
     got = [self_speculative(engine, p["tokens"], STEPS) for p in near]
     assert [r.tokens for r in got] == want
-    assert all(r.replays > 0 for r in got)
+    reached = [r for p, r in zip(near, got) if len(r.tokens) > p["at"]]  # (greedy may end at EOS before it)
+    assert len(reached) >= 8 and all(r.replays > 0 for r in reached)
     monkeypatch.setattr(speculative, "NEAR_TIE_MARGIN", 0.0)  # the control: no replays, and greedy is lost
     assert [self_speculative(engine, p["tokens"], STEPS).tokens for p in near] != want
 
