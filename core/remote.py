@@ -67,6 +67,7 @@ from core.protocol import TextModel
 DEFAULT_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs; llama-cpp-python has no cap
 PROBE_TEXT = "The capital of France is"
 RETRY_STATUS = (429, 502, 503, 504)
+RESOLVE_CHUNK = 1000  # token strings tokenized per request (llama.cpp's special-token split is quadratic)
 CACHE_ROWS = 1 << 16  # next-token rows kept per model (sparse: the returned tokens only)
 FORCE_BIAS = 100.0  # logit bias that makes a token the argmax (its raw log-prob is reported unchanged)
 EOS_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|end|>")
@@ -545,12 +546,19 @@ class RemoteModel(TextModel):
         else:
             self.client.map(self._fetch_text, keys, "next-token rows")
 
-    def _completion_body(self, prompt, max_tokens: int = 1, **extra) -> dict:
+    def _completion_body(self, prompt, max_tokens: int = 1, *, sampling: bool = False, **extra) -> dict:
+        """A /v1/completions request: greedy with every warper off unless ``extra`` says otherwise."""
         body = {"model": self.model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-                "logprobs": self.caps.top_logprobs}
-        body.update(_raw_sampling(self.caps))
+                "logprobs": self.caps.top_logprobs, **_raw_sampling(self.caps)}
         if self.caps.token_id_keys:
             body["return_tokens_as_token_ids"] = True
+        bias = dict(extra.pop("logit_bias", {}))
+        if self.caps.flavour == "llama-cpp-python" and self.eos_id is not None and not sampling:
+            # it reports nothing for a position where it picks EOS; the bias only steers its pick (the
+            # log-probs it reports are the raw model's), and EOS stays in the rest of the vocabulary
+            bias[str(self.eos_id)] = -FORCE_BIAS
+        if bias:
+            body["logit_bias"] = bias
         body.update(extra)
         return body
 
@@ -677,34 +685,42 @@ class RemoteModel(TextModel):
         return entries, complete
 
     def _resolve(self, strings: list[str]) -> None:
-        """Map token strings to ids: a string that tokenizes to exactly one id is that token; "" (a
-        partial UTF-8 or special token) and anything else stays unresolved (in the rest mass). Strings are
-        tokenized together, joined by a special token (which the tokenizer never merges across), when
-        the server has one; a string whose piece is not one token is asked alone."""
+        """Map token strings to ids: a string that tokenizes to exactly one id, which detokenizes back to
+        the string, is that token; "" (a partial UTF-8 or special token) and anything else stays unresolved
+        (in the rest mass). Strings are tokenized together, joined by a special token (which the tokenizer
+        never merges across), and checked together by detokenizing all their ids at once; a batch that
+        fails the check is resolved string by string."""
         todo = [s for s in dict.fromkeys(strings) if s != ""]
         for s in strings:
             if s == "":
                 self._resolved[s] = None
-        sep = self._separator
-        alone = todo
-        if sep is not None and len(todo) > 1:
-            alone = []
-            pieces = _split(self._tokenize(sep[0].join(todo)), sep[1])
-            if len(pieces) != len(todo):
-                alone = todo
-            else:
-                for s, ids in zip(todo, pieces):
-                    if len(ids) == 1:
-                        self._resolved[s] = int(ids[0])
-                    else:
-                        alone.append(s)
+        found: dict[str, int] = {}
+        if self._separator is not None and len(todo) > 1:
+            chunks = [todo[i : i + RESOLVE_CHUNK] for i in range(0, len(todo), RESOLVE_CHUNK)]
+            for part in self.client.map(self._resolve_joined, chunks, "token strings"):
+                found.update(part)
+            if found and self._detokenize(list(found.values())) != "".join(found):
+                found = {}  # e.g. a tokenizer that adds a space after special tokens: check one by one
+        alone = [s for s in todo if s not in found]
 
         def one(s: str) -> int | None:
             ids = self._tokenize(s)
-            return int(ids[0]) if len(ids) == 1 else None
+            if len(ids) != 1:
+                return None
+            try:
+                return int(ids[0]) if self._detokenize(ids) == s else None
+            except RemoteError:
+                return None
 
-        for s, tid in zip(alone, self.client.map(one, alone, "token strings")):
-            self._resolved[s] = tid
+        found.update(zip(alone, self.client.map(one, alone, "token strings")))
+        self._resolved.update(found)
+
+    def _resolve_joined(self, strings: list[str]) -> dict[str, int]:
+        text, sep = self._separator
+        pieces = _split(self._tokenize(text.join(strings)), sep)
+        if len(pieces) != len(strings):
+            return {}
+        return {s: int(ids[0]) for s, ids in zip(strings, pieces) if len(ids) == 1}
 
     # ---- sampling on the server --------------------------------------------------------------------
     def sample_groups(self, prompt: Sequence[int], steps: int, groups, observe=None):
@@ -738,7 +754,7 @@ class RemoteModel(TextModel):
 
     def _sample_row(self, prompt: list[int], steps: int, seed: int, params: dict) -> tuple[list[int], list[float]]:
         send = list(prompt) if self.caps.token_prompts else self._text_of(tuple(prompt))
-        body = self._completion_body(send, steps, seed=seed)
+        body = self._completion_body(send, steps, sampling=True, seed=seed)
         body.update(params)
         choice = _choices(self.client.post("/v1/completions", body), 1)[0]
         lp = choice.get("logprobs") or {}
@@ -1014,6 +1030,8 @@ def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id) 
     if len(greedy) < 2 or generated[0].ids[:1] != (greedy[0],):
         raise RemoteError("the server's greedy tokens are not the top of its own log-probs; its logprobs cannot "
                           "be trusted for this model")
+    if not caps.token_id_keys:  # learn every token string's id now: later rows then need no tokenize calls
+        _resolve_vocabulary(client, m, send)
     caps = _replace(caps, batch_prompts=_try_batch(client, m, prompt_ids))
     caps = _replace(caps, n_choices=_try_n(client, m, prompt_ids, notes))
     caps = _replace(caps, **_try_prompt_scores(client, m, prompt_ids, greedy, generated, notes))
@@ -1181,6 +1199,17 @@ def _guess_eos(model: RemoteModel, notes: list[str]) -> int | None:
     return None
 
 
+def _resolve_vocabulary(client: Client, m: RemoteModel, send) -> None:
+    """Map every token string the server can show to its id, from one whole-vocabulary log-probs request
+    and one tokenize request (the strings joined by a special token). Without a separator it is left to
+    the rows as they come."""
+    if m._separator is None:
+        return
+    data = client.post("/v1/completions", m._completion_body(send, logprobs=max(m.vocab_size, 1)))
+    top = (_choices(data, 1)[0].get("logprobs") or {}).get("top_logprobs") or [{}]
+    m._resolve(list(top[0]))
+
+
 def _find_separator(m: RemoteModel) -> tuple[str, int] | None:
     """A special token's text that tokenizes to one id and detokenizes to "" (never merged with text)."""
     for text in EOS_CANDIDATES:
@@ -1205,7 +1234,7 @@ def _try_batch(client: Client, model: RemoteModel, prompt_ids) -> bool:
 
 def _try_n(client: Client, model: RemoteModel, prompt_ids, notes: list[str]) -> bool:
     send = list(prompt_ids) if model.caps.token_prompts else PROBE_TEXT
-    body = model._completion_body(send, 6, n=4, seed=1, temperature=1.0)
+    body = model._completion_body(send, 6, sampling=True, n=4, seed=1, temperature=1.0)
     try:
         data = client.post("/v1/completions", body)
     except HTTPStatusError:
