@@ -297,6 +297,8 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
     float32 rounding (tokens then differ only if a uniform falls within it of a bucket boundary).
     Groups share a walk up to ``GROUP_ROWS`` rows. ``observe(t, logprobs, tokens)``, if given, sees
     the first group's [n, V] log-probs and [n] tokens about to be appended at every step."""
+    if hasattr(model, "sample_groups"):  # a served model draws on its server (core.remote): unbiased rows
+        return model.sample_groups(prompt, steps, groups, observe)
     prompt = check_call(model, prompt, steps)
     if not groups:
         raise ValueError("groups must hold at least one (n, seed, sampler)")

@@ -135,3 +135,22 @@ def remote_smollm2(llama_server):
     from core.remote import connect
 
     return connect(llama_server)
+
+
+@pytest.fixture
+def allow(monkeypatch, tmp_path):
+    """Set the operator's allow-list for one test: ``allow(local=[dirs], servers=[urls])``; with no call,
+    nothing beyond the built-in sources is allowed (the user's own config file is never read)."""
+    from core import sources
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    for name in (sources.LOCAL_ENV, sources.SERVERS_ENV, sources.CONFIG_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+    def set_allowed(local=(), servers=()):
+        import os
+
+        monkeypatch.setenv(sources.LOCAL_ENV, os.pathsep.join(str(p) for p in local))
+        monkeypatch.setenv(sources.SERVERS_ENV, ",".join(servers))
+
+    return set_allowed

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from server_fixture import allow  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from core.engine import DEFAULT_MODEL_DIR
@@ -251,7 +252,8 @@ MODEL_CASES = [
 
 
 @pytest.mark.parametrize(("which", "match"), MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
-def test_models_page_load_errors(broken_models, which, match):
+def test_models_page_load_errors(broken_models, allow, which, match):  # noqa: F811
+    allow(local=[broken_models["no config"]])  # the operator allows the directory that holds them
     at = run("models", TOY)
     at.text_input(key="models_path").set_value(str(broken_models[which])).run()
     at.button(key="models_load").click().run()
