@@ -12,7 +12,7 @@ every token it was not told about, so a row sums to ``1 - rest`` where ``rest`` 
 probability of "the rest of the vocabulary". Rows are never renormalised: a decoder that draws from a
 row or takes its argmax sees only the known tokens, and ``unknown_bound`` gives the largest probability
 any single unknown token can have (the k-th returned probability when the server returned a true top k,
-else ``rest``). Consequences, each checked by ``certify`` / said by ``truncation_note``:
+else ``rest``). Consequences, each checked by ``certify_greedy`` / said by ``outputs_note``:
 
 * greedy is exact when every chosen token's probability is at least its row's ``unknown_bound``
   (always, when the top k are all resolved: an unknown token is at most the k-th);
@@ -53,7 +53,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,18 +351,6 @@ class Row:
 # ---- the model ------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Stats:
-    """Largest unknown-token bound and rest mass among the rows served inside ``RemoteModel.record``."""
-
-    bound: float = 0.0
-    rest: float = 0.0
-    rows: int = 0
-
-
-_RECORD: contextvars.ContextVar[_Stats | None] = contextvars.ContextVar("remote_record", default=None)
-
-
 class RemoteModel(TextModel):
     """A served model behind the ``NextTokenModel`` protocol (one head); see the module doc for what a
     truncated row means. Thread-safe: rows are cached per prefix behind a lock."""
@@ -473,17 +461,6 @@ class RemoteModel(TextModel):
         """[B] float64: the largest probability any one token missing from each row can have."""
         return torch.tensor([r.bound for r in self.rows(prefixes)], dtype=torch.float64)
 
-    @contextlib.contextmanager
-    def record(self) -> Iterator[_Stats]:
-        """Within the block, the largest ``unknown_bound`` and rest mass of every row served are kept in
-        the yielded stats (per thread of control), for certificates."""
-        stats = _Stats()
-        token = _RECORD.set(stats)
-        try:
-            yield stats
-        finally:
-            _RECORD.reset(token)
-
     def rows(self, prefixes: Sequence[Sequence[int]]) -> list[Row]:
         """The ``Row`` after each prefix (cached; missing ones fetched in as few requests as the server
         allows)."""
@@ -502,11 +479,6 @@ class RemoteModel(TextModel):
                 self._fetch([k])
                 row = self._cached(k)
             rows.append(row)
-        stats = _RECORD.get()
-        if stats is not None:
-            stats.rows += len(rows)
-            stats.bound = max([stats.bound, *(r.bound for r in rows)])
-            stats.rest = max([stats.rest, *(r.rest for r in rows)])
         return rows
 
     def _cached(self, key: tuple[int, ...]) -> Row | None:
@@ -1326,14 +1298,34 @@ def certify_greedy(model: RemoteModel, prompt: Sequence[int], tokens: Sequence[i
     return Certificate(exact, worst, rest, text)
 
 
-def truncation_note(model: RemoteModel, stats: _Stats) -> str:
-    """One sentence on what the truncated rows served in a ``record`` block mean for the results."""
-    if stats.rows == 0 or stats.rest <= 1e-6:
-        return "The server returned whole next-token distributions: nothing was truncated."
-    k = "its top" if model.caps.top_logprobs < 0 else f"its top {model.caps.top_logprobs}"
-    return (f"The server listed {k} tokens per position; the rest of the vocabulary held up to {stats.rest:.3g} of "
-            f"the probability, and any one unlisted token at most {stats.bound:.3g}. Searches (beam, lookahead, "
-            "the mode) see listed tokens only, so an output through an unlisted token has probability ≤ "
-            f"{stats.bound:.3g}; "
-            "teacher-forced probabilities of unlisted tokens read 0, so Hamming / N-gram risks are upper bounds. "
-            "Monte Carlo truth rows are the server's own samples (unbiased).")
+def outputs_note(model: RemoteModel, prompt: Sequence[int], outputs: Mapping[str, Sequence[int]],
+                 greedy: str | None = "greedy") -> str:
+    """What truncation means for these outputs (label -> tokens), from the rows along them (cached by the
+    run that produced them): the largest rest of the vocabulary, the largest probability any unlisted token
+    can have, whether the ``greedy`` output is certified, and which outputs hold a token the server did not
+    list (its probability reads 0)."""
+    prompt = [int(t) for t in prompt]
+    rest = bound = 0.0
+    unlisted = []
+    for name, tokens in outputs.items():
+        tokens = [int(t) for t in tokens]
+        rows = model.rows([prompt + tokens[:t] for t in range(len(tokens))])
+        rest = max([rest, *(r.rest for r in rows)])
+        bound = max([bound, *(r.bound for r in rows)])
+        if any(t not in r.ids for t, r in zip(tokens, rows)):
+            unlisted.append(name)
+    if rest <= 1e-6:
+        return "The server returned whole next-token distributions: nothing is truncated."
+    k = "its whole vocabulary" if model.caps.top_logprobs < 0 else f"its top {model.caps.top_logprobs} tokens"
+    parts = [f"The server listed {k} per position; along these outputs the rest of the vocabulary held up to "
+             f"{rest:.3g} of the probability (shown as its own mass, never spread over the listed tokens), and any "
+             f"one unlisted token at most {bound:.3g}."]
+    if greedy in outputs:
+        parts.append("Greedy: " + certify_greedy(model, prompt, outputs[greedy]).text + ".")
+    parts.append(f"Beam search, lookahead and the mode search compare listed tokens only: an output through an "
+                 f"unlisted token has probability ≤ {bound:.3g} per such step. Teacher-forced probabilities of "
+                 "unlisted tokens read 0, so Hamming / N-gram risks are upper bounds; the Monte Carlo truth rows "
+                 "are the server's own samples (unbiased).")
+    if unlisted:
+        parts.append(f"Outputs with a token the server did not list (its probability reads 0): {', '.join(unlisted)}.")
+    return " ".join(parts)

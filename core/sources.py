@@ -205,7 +205,8 @@ def label(source: str) -> str:
         return f"Local: {Path(source[6:]).name}"
     if k == "server":
         model, url = split_server(source[7:])
-        return f"Server: {model or 'default model'} at {url}"
+        name = Path(model).name if model and model.endswith(".gguf") else model  # llama.cpp names a file
+        return f"Server: {name or 'default model'} at {url}"
     return str(source)
 
 

@@ -181,6 +181,15 @@ def source_info(ctx: Context) -> dict:
     return info(ctx.source, ctx.model)
 
 
+def truncation_note(ctx: Context, outputs: Mapping[str, Sequence[int]]) -> str | None:
+    """For a served model: what the server's truncated rows mean for these outputs (key -> tokens)."""
+    if not ctx.source.startswith("server:"):
+        return None
+    from core.remote import outputs_note
+
+    return outputs_note(ctx.model, ctx.prompt_ids, outputs)
+
+
 @contextlib.contextmanager
 def server_progress(ctx: Context | None, what: str):
     """While the block runs against a server, a line under the page's spinner counts the requests done."""

@@ -14,9 +14,11 @@ from pages.common import (
     load_source,
     probability_legend_html,
     sequence_label,
+    server_progress,
     setup_page,
     show_error,
     token_html,
+    truncation_note,
 )
 
 SETTINGS_DEFAULTS = {"cmp_depth": 2, "cmp_tau": 0.7, "cmp_top_k": 5, "cmp_top_p": 0.9, "cmp_beam": 4,
@@ -122,7 +124,8 @@ st.caption("The same model, eight ways to turn its next-token probabilities into
 settings, n_samples = settings_ui(ctx.is_toy)
 work = "exact risks" if ctx.is_toy else f"{n_samples} Monte Carlo samples of {ctx.steps} tokens"
 try:
-    with st.spinner(f"Decoding with 8 decoders and scoring each under {ctx.goal_name} ({work})…"):
+    with st.spinner(f"Decoding with 8 decoders and scoring each under {ctx.goal_name} ({work})…"), \
+            server_progress(ctx, "Compare"):
         result = cached_compare(ctx.source, ctx.prompt_ids, ctx.steps, ctx.seed, ctx.goal, settings, n_samples)
 except Exception as exc:  # noqa: BLE001 - shown as a message; the rest of the page stays
     show_error(exc)
@@ -130,5 +133,8 @@ except Exception as exc:  # noqa: BLE001 - shown as a message; the rest of the p
 if ctx.is_text:
     st.markdown("**Prompt**")
     st.code(ctx.prompt, language=None)
+note = truncation_note(ctx, {row.key: row.output.tokens for row in result.rows})
+if note:
+    st.info(note)
 draw_outputs(ctx, result)
 draw_scores(ctx, result, settings)
