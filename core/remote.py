@@ -67,6 +67,9 @@ from core.protocol import TextModel
 DEFAULT_TOP_LOGPROBS = 20  # vLLM's default --max-logprobs; llama-cpp-python has no cap
 PROBE_TEXT = "The capital of France is"
 RETRY_STATUS = (429, 502, 503, 504)
+SAMPLES_PER_REQUEST = 32  # rows per sampling request where n > 1 gives distinct choices
+BATCH_PROMPTS = 32  # prompts per request where the server takes several
+CHAIN_MAX_K = 100  # prompt_logprobs only up to this k (it returns k rows' worth per prompt position)
 RESOLVE_CHUNK = 1000  # token strings tokenized per request (llama.cpp's special-token split is quadratic)
 CACHE_ROWS = 1 << 16  # next-token rows kept per model (sparse: the returned tokens only)
 FORCE_BIAS = 100.0  # logit bias that makes a token the argmax (its raw log-prob is reported unchanged)
@@ -505,18 +508,39 @@ class RemoteModel(TextModel):
 
     # ---- fetching rows ----------------------------------------------------------------------------
     def _fetch(self, keys: list[tuple[int, ...]]) -> None:
-        longest = max(len(k) for k in keys)
-        self.check_room(longest + 1)
-        if self.caps.token_prompts:
-            if self.caps.prompt_logprobs:  # one request per chain of prefixes
-                self.client.map(self._fetch_chain_ids, _maximal(keys), "next-token rows")
-            elif self.caps.batch_prompts:
-                batches = [keys[i : i + 32] for i in range(0, len(keys), 32)]
-                self.client.map(self._fetch_batch_ids, batches, "next-token rows")
-            else:
-                self.client.map(lambda k: self._fetch_batch_ids([k]), keys, "next-token rows")
-        else:
+        """Fetch the rows of ``keys``. Token-id servers: a key with several needed prefixes goes as one prompt
+        with prompt_logprobs (rows for all its prefixes; only for small k: whole rows per prompt position
+        would be huge), others as one-token completions; up to ``BATCH_PROMPTS`` prompts per request where
+        the server takes several. Text servers: one request per key."""
+        self.check_room(max(len(k) for k in keys) + 1)
+        if not self.caps.token_prompts:
             self.client.map(self._fetch_text, keys, "next-token rows")
+            return
+        chains: list[tuple[int, ...]] = []
+        singles = list(keys)
+        if self.caps.prompt_logprobs and 0 < self.caps.top_logprobs <= CHAIN_MAX_K:
+            tops = _maximal(keys)
+            chains = [m for m in tops if sum(k == m[: len(k)] for k in keys) > 1]
+            singles = [k for k in keys if not any(k == m[: len(k)] for m in chains)]
+        size = BATCH_PROMPTS if self.caps.batch_prompts else 1
+        jobs = [(chains[i : i + size], True) for i in range(0, len(chains), size)]
+        jobs += [(singles[i : i + size], False) for i in range(0, len(singles), size)]
+        self.client.map(lambda job: self._fetch_ids(*job), jobs, "next-token rows")
+
+    def _fetch_ids(self, keys: list[tuple[int, ...]], chain: bool) -> None:
+        """One request for prompts ``keys`` (token ids): the row after each, and with ``chain`` the rows after
+        each of its prefixes too (prompt_logprobs)."""
+        prompt = [list(k) for k in keys] if len(keys) > 1 else list(keys[0])
+        extra = {"prompt_logprobs": self.caps.top_logprobs} if chain else {}
+        data = self.client.post("/v1/completions", self._completion_body(prompt, **extra))
+        for key, choice in zip(keys, _choices(data, len(keys))):
+            plp = choice.get("prompt_logprobs")
+            if chain and isinstance(plp, list) and len(plp) == len(key):
+                for i in range(1, len(key)):
+                    entries = _id_entries(plp[i])
+                    if entries:
+                        self._store(key[:i], Row.build(entries, self.caps.top_logprobs))
+            self._store(key, self._rows_of_choice(choice)[0])
 
     def _completion_body(self, prompt, max_tokens: int = 1, *, sampling: bool = False, **extra) -> dict:
         """A /v1/completions request: greedy with every warper off unless ``extra`` says otherwise."""
@@ -533,26 +557,6 @@ class RemoteModel(TextModel):
             body["logit_bias"] = bias
         body.update(extra)
         return body
-
-    def _fetch_batch_ids(self, keys: list[tuple[int, ...]]) -> None:
-        prompt = [list(k) for k in keys] if len(keys) > 1 else list(keys[0])
-        data = self.client.post("/v1/completions", self._completion_body(prompt))
-        choices = _choices(data, len(keys))
-        for key, choice in zip(keys, choices):
-            self._store(key, self._rows_of_choice(choice)[0])
-
-    def _fetch_chain_ids(self, key: tuple[int, ...]) -> None:
-        """Rows after every prefix of ``key`` (vLLM prompt_logprobs) and after ``key`` itself."""
-        k = self.caps.top_logprobs
-        data = self.client.post("/v1/completions", self._completion_body(list(key), prompt_logprobs=k))
-        choice = _choices(data, 1)[0]
-        plp = choice.get("prompt_logprobs") or data.get("prompt_logprobs")
-        if isinstance(plp, list) and len(plp) == len(key):
-            for i in range(1, len(key)):
-                entries = _id_entries(plp[i])
-                if entries:
-                    self._store(key[:i], Row.build(entries, k if k > 0 else None))
-        self._store(key, self._rows_of_choice(choice)[0])
 
     def _fetch_text(self, key: tuple[int, ...]) -> None:
         """One prefix through a text-prompt server: directly when its text re-tokenizes to it, else by
@@ -696,10 +700,12 @@ class RemoteModel(TextModel):
 
     # ---- sampling on the server --------------------------------------------------------------------
     def sample_groups(self, prompt: Sequence[int], steps: int, groups, observe=None):
-        """``core.decoders.sample_groups`` drawn by the server itself: each row is one completion of
-        ``steps`` tokens at the sampler's settings with its own seed (derived from the group's seed and
-        the row), so the rows are unbiased draws whatever the truncation of the reported rows. Rows
-        that end with EOS are padded with EOS. ``observe`` sees the first group's rows."""
+        """``core.decoders.sample_groups`` drawn by the server itself, so the rows are unbiased draws
+        whatever the truncation of the reported rows: completions of ``steps`` tokens at the sampler's
+        settings. Each request gets a seed derived from the group's seed (``row_seeds``): one request per
+        row, or, where ``n`` > 1 returns distinct choices, up to ``SAMPLES_PER_REQUEST`` rows per request
+        (then the rows depend on how many are drawn). Rows that end with EOS are padded with EOS (as
+        ``core.protocol.pad_after_eos``). ``observe`` sees the first group's rows."""
         from core.decoders import Samples, Sampling, check_call, check_count
 
         prompt = check_call(self, prompt, steps)
@@ -713,22 +719,28 @@ class RemoteModel(TextModel):
                 raise ValueError(f"seed must be an integer for a random decoder, got {seed!r}")
             sampler = sampler or Sampling()
             params = _server_sampler(sampler, self.caps)
-            seeds = row_seeds(int(seed), int(n))
-            rows = self.client.map(lambda s, p=params: self._sample_row(prompt, steps, s, p), seeds, "samples")
+            per = SAMPLES_PER_REQUEST if self.caps.n_choices else 1
+            counts = [min(per, int(n) - i) for i in range(0, int(n), per)]
+            jobs = list(zip(row_seeds(int(seed), len(counts)), counts))
+            rows = [r for batch in self.client.map(lambda job, p=params: self._sample_request(prompt, steps, *job, p),
+                                                   jobs, "samples") for r in batch]
             tokens = torch.tensor([r[0] for r in rows], dtype=torch.long)
             step_lp = torch.tensor([r[1] for r in rows], dtype=torch.float64)
-            warped = self._warped(prompt, tokens, sampler, step_lp)
-            out.append(Samples(tokens, step_lp, warped))
+            out.append(Samples(tokens, step_lp, self._warped(prompt, tokens, sampler, step_lp)))
             if g == 0 and observe is not None:
                 for t in range(steps):
                     observe(t, self.logprobs([prompt + row[:t] for row in tokens.tolist()]), tokens[:, t])
         return out
 
-    def _sample_row(self, prompt: list[int], steps: int, seed: int, params: dict) -> tuple[list[int], list[float]]:
+    def _sample_request(self, prompt: list[int], steps: int, seed: int, n: int, params: dict) -> list:
+        """n rows (token ids, their log-probs) from one seeded completion request."""
         send = list(prompt) if self.caps.token_prompts else self._text_of(tuple(prompt))
-        body = self._completion_body(send, steps, sampling=True, seed=seed)
+        extra = {"n": n} if n > 1 else {}
+        body = self._completion_body(send, steps, sampling=True, seed=seed, **extra)
         body.update(params)
-        choice = _choices(self.client.post("/v1/completions", body), 1)[0]
+        return [self._sampled_row(prompt, steps, c) for c in _choices(self.client.post("/v1/completions", body), n)]
+
+    def _sampled_row(self, prompt: list[int], steps: int, choice: dict) -> tuple[list[int], list[float]]:
         lp = choice.get("logprobs") or {}
         strings = list(lp.get("tokens") or [])
         values = list(lp.get("token_logprobs") or [])
@@ -739,19 +751,17 @@ class RemoteModel(TextModel):
             self._store(tuple(prompt + tokens), rows[j])
             tokens.append(tid)
             step_lp.append(float(value))
-        if len(tokens) < steps:  # stopped early: EOS (no stop strings are sent)
+        if len(tokens) < steps and (not tokens or tokens[-1] != self.eos_id):  # stopped at an unreported EOS
             if self.eos_id is None or choice.get("finish_reason") not in ("stop", "eos", None):
                 raise RemoteError(f"the server stopped a sample after {len(tokens)} of {steps} tokens "
-                                  f"(finish_reason {choice.get('finish_reason')!r}) and its EOS id is unknown")
+                                  f"(finish_reason {choice.get('finish_reason')!r}) and its EOS id is unknown: pass eos_id")
             row = self.rows([prompt + tokens])[0]
-            lookup = dict(zip(row.ids, row.logprobs))
             # llama-cpp-python never reports EOS's log-prob (its key is ""): its upper bound stands in
-            eos_lp = lookup.get(self.eos_id, math.log(max(row.rest, 1e-300)))
             tokens.append(self.eos_id)
-            step_lp.append(eos_lp)
-            while len(tokens) < steps:
-                tokens.append(self.eos_id)
-                step_lp.append(0.0)
+            step_lp.append(dict(zip(row.ids, row.logprobs)).get(self.eos_id, math.log(max(row.rest, 1e-300))))
+        while len(tokens) < steps:  # an ended sequence continues with EOS for sure
+            tokens.append(self.eos_id)
+            step_lp.append(0.0)
         return tokens[:steps], step_lp[:steps]
 
     def _sampled_ids(self, prompt: list[int], strings: list[str], text) -> list[int]:
@@ -972,11 +982,12 @@ def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id) 
     prompt_ids = m.encode(PROBE_TEXT)
     separator = _find_separator(m)
     try:  # token-id prompts, and log-probs keyed by token id
-        first = client.post("/v1/completions", m._completion_body(prompt_ids, 1, return_tokens_as_token_ids=True))
+        first = client.post("/v1/completions", m._completion_body(prompt_ids, 1, logprobs=1,
+                                                                   return_tokens_as_token_ids=True))
         caps = _replace(caps, token_prompts=True)
     except HTTPStatusError as err:
         try:
-            first = client.post("/v1/completions", m._completion_body(PROBE_TEXT, 1))
+            first = client.post("/v1/completions", m._completion_body(PROBE_TEXT, 1, logprobs=1))
         except HTTPStatusError:
             raise err from None
     tops = (_choices(first, 1)[0].get("logprobs") or {}).get("top_logprobs")
@@ -1134,7 +1145,7 @@ def _logprob_cap(client: Client, m: RemoteModel, prompt_ids, wanted, notes: list
     except HTTPStatusError as err:
         if err.status >= 500:
             raise
-        cap = re.search(r"(\d+)\D*$", err.detail)
+        cap = re.search(r"max(?:imum)? allowed:? (\d+)", err.detail)
         fallback = min(int(cap.group(1)), DEFAULT_TOP_LOGPROBS if k == -1 else k) if cap else 5
         notes.append(f"the server refused logprobs={k} ({err.detail[:120]}); using {max(1, fallback)} per position "
                      "(vLLM: start it with --max-logprobs -1 for whole rows)")
