@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from bench import compare, engine, lookahead, sampling, smollm2, speculative
+from bench import compare, engine, lookahead, remote, sampling, smollm2, speculative
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     t = time.perf_counter()
     failed = []
-    for mod in (engine, speculative, sampling, lookahead, compare, smollm2):
+    for mod in (engine, speculative, sampling, lookahead, compare, smollm2, remote):
         try:
             mod.main()
         except Exception as err:  # one broken benchmark must not hide the others' numbers

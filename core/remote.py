@@ -753,8 +753,8 @@ class RemoteModel(TextModel):
             step_lp.append(float(value))
         if len(tokens) < steps and (not tokens or tokens[-1] != self.eos_id):  # stopped at an unreported EOS
             if self.eos_id is None or choice.get("finish_reason") not in ("stop", "eos", None):
-                raise RemoteError(f"the server stopped a sample after {len(tokens)} of {steps} tokens "
-                                  f"(finish_reason {choice.get('finish_reason')!r}) and its EOS id is unknown: pass eos_id")
+                raise RemoteError(f"the server stopped a sample after {len(tokens)} of {steps} tokens (finish_reason "
+                                  f"{choice.get('finish_reason')!r}) and its EOS id is unknown: pass eos_id")
             row = self.rows([prompt + tokens])[0]
             # llama-cpp-python never reports EOS's log-prob (its key is ""): its upper bound stands in
             tokens.append(self.eos_id)
@@ -1340,3 +1340,54 @@ def outputs_note(model: RemoteModel, prompt: Sequence[int], outputs: Mapping[str
     if unlisted:
         parts.append(f"Outputs with a token the server did not list (its probability reads 0): {', '.join(unlisted)}.")
     return " ".join(parts)
+
+
+# ---- a local llama.cpp server -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_gguf(gguf: str | Path, *, port: int | None = None, n_ctx: int = 512, threads: int = 1,
+               start_timeout: float = 60.0, extra: Sequence[str] = ()) -> Iterator[str]:
+    """Run llama-cpp-python's server (``python -m llama_cpp.server``, installed by ``make install``) on
+    127.0.0.1 serving ``gguf``; yield its base URL once ``/v1/models`` answers; stop it on exit. The model id
+    is the file's path, so ``connect`` reads the vocabulary size and EOS from the file's header."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
+        log = Path(tmp) / "server.log"
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch",
+               str(threads), "--verbose", "False", *extra]
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RemoteError(f"llama_cpp.server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RemoteError(f"llama_cpp.server not up after {start_timeout:g} s: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

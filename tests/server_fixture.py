@@ -11,11 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,42 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def llama_cpp_server(gguf: Path, *extra: str):
-    """Run ``python -m llama_cpp.server`` on a free port; yield its base URL once /v1/models answers."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
-        log = Path(tmp) / "server.log"
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", str(N_CTX), "--n_threads", "1", "--n_threads_batch", "1",
-               "--verbose", "False", *extra]
-        with log.open("w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + START_S
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server not up after {START_S} s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def smollm2_gguf() -> Path:
@@ -80,7 +39,9 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def llama_server() -> str:
     """Base URL of a llama.cpp server serving SmolLM2-135M-Instruct (Q4_1)."""
-    with llama_cpp_server(smollm2_gguf()) as base:
+    from core.remote import serve_gguf
+
+    with serve_gguf(smollm2_gguf(), n_ctx=N_CTX, start_timeout=START_S) as base:
         yield base
 
 
