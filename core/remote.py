@@ -373,10 +373,12 @@ class RemoteModel(TextModel):
         self._lock = threading.Lock()
         self._rows: OrderedDict[tuple[int, ...], Row] = OrderedDict()
         self._texts: OrderedDict[tuple[int, ...], str] = OrderedDict()  # ids -> the text they came from
+        self._encoded: dict[str, tuple[int, ...]] = {}  # text -> ids (the inverse of _texts)
         self._canonical: dict[tuple[int, ...], bool] = {}  # ids -> re-tokenizes to itself (text servers)
         self._token_text: dict[int, str] = {}
         self._resolved: dict[str, int | None] = {}  # top_logprobs key -> token id (None: ambiguous)
         self._separator: tuple[str, int] | None = None  # a special token's text and id, to batch tokenizing
+        self.local_tokenizer = None  # a transformers tokenizer, for servers without tokenize endpoints
 
     def __repr__(self) -> str:
         return f"RemoteModel({self.client.base_url!r}, model={self.model_id!r})"
@@ -395,12 +397,15 @@ class RemoteModel(TextModel):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         if not text:
             return []
-        ids = self._tokenize(text)
         with self._lock:
+            known = self._encoded.get(text)
+        ids = list(known) if known is not None else self._tokenize(text)  # pages encode the prompt every run
+        with self._lock:
+            self._encoded[text] = tuple(ids)
             self._texts[tuple(ids)] = text
             self._texts.move_to_end(tuple(ids))
             while len(self._texts) > 256:
-                self._texts.popitem(last=False)
+                self._encoded.pop(self._texts.popitem(last=False)[1], None)
         return ids
 
     def decode(self, tokens: Sequence[int]) -> str:
@@ -427,6 +432,8 @@ class RemoteModel(TextModel):
 
     def _tokenize(self, text: str) -> list[int]:
         path = self.caps.tokenize
+        if path == "local":
+            return list(self.local_tokenizer.encode(text, add_special_tokens=False))
         if path == "/tokenize" and self.caps.flavour == "llama.cpp":
             data = self.client.post(path, {"content": text})
         elif path == "/tokenize":
@@ -437,6 +444,8 @@ class RemoteModel(TextModel):
 
     def _detokenize(self, tokens: list[int]) -> str:
         path = self.caps.detokenize
+        if path == "local":
+            return self.local_tokenizer.decode(tokens, clean_up_tokenization_spaces=False)
         data = self.client.post(path, {"model": self.model_id, "tokens": tokens})
         for key in ("prompt", "text", "content"):
             if isinstance(data.get(key), str):
@@ -922,7 +931,7 @@ def _maximal(keys: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 def connect(base_url: str, model: str | None = None, api_key_env: str | None = None, *,
             top_logprobs: int | None = None, vocab_size: int | None = None, eos_id: int | None = None,
-            settings: ClientSettings | None = None) -> RemoteModel:
+            tokenizer: str | None = None, settings: ClientSettings | None = None) -> RemoteModel:
     """A ``RemoteModel`` over the OpenAI-compatible server at ``base_url`` (e.g. ``http://host:8000``).
 
     Args:
@@ -932,6 +941,8 @@ def connect(base_url: str, model: str | None = None, api_key_env: str | None = N
             vocabulary where the server allows it (vLLM ``--max-logprobs -1``).
         vocab_size, eos_id: for servers that do not tell (llama-cpp-python serving a file this machine
             cannot read).
+        tokenizer: a local directory with the served model's tokenizer files, used only when the server
+            offers no tokenize / detokenize endpoint (it must be the server's own tokenizer).
 
     Raises RemoteError (a ValueError) naming what is missing: an unreachable server, no
     ``/v1/completions`` with log-probs, no tokenize endpoint, or log-probs that disagree with the
@@ -943,13 +954,27 @@ def connect(base_url: str, model: str | None = None, api_key_env: str | None = N
                          f"got {top_logprobs!r}")
     client = Client(base_url, api_key_env, settings)
     try:
-        return _probe(client, model, top_logprobs, vocab_size, eos_id)
+        return _probe(client, model, top_logprobs, vocab_size, eos_id, _local_tokenizer(tokenizer))
     except BaseException:
         client.close()
         raise
 
 
-def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id) -> RemoteModel:
+def _local_tokenizer(path: str | None):
+    if path is None:
+        return None
+    if not isinstance(path, str | os.PathLike) or not Path(path).expanduser().is_dir():
+        raise ValueError(f"tokenizer must be a local directory with tokenizer files, got {path!r}")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(path).expanduser()), local_files_only=True,
+                                             trust_remote_code=False)
+    except Exception as err:  # tokenizer classes raise anything from OSError to TypeError on bad files
+        raise ValueError(f"could not load the tokenizer in {path} ({type(err).__name__}: {err})") from err
+
+
+def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id, local_tokenizer) -> RemoteModel:
     listing = client.get("/v1/models")
     data = listing.get("data") if isinstance(listing, dict) else None
     ids = [m.get("id") for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
@@ -961,7 +986,7 @@ def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id) 
         raise RemoteError(f"model {model!r} is not served at {client.base_url}; it serves: {', '.join(ids)}")
     meta = next(m for m in data if isinstance(m, dict) and m.get("id") == model)
     flavour = _flavour(meta)
-    tokenize, detokenize = _tokenizer_paths(client, model, flavour)
+    tokenize, detokenize = _tokenizer_paths(client, model, flavour, local_tokenizer is not None)
     vocab, eos, max_len = _model_facts(meta, model, vocab_size, eos_id)
     max_len = max_len or 1 << 20  # unknown: the server's own error names its context
     notes: list[str] = []
@@ -973,7 +998,7 @@ def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id) 
 
     def probe_model(c: Capabilities) -> RemoteModel:
         m = RemoteModel(client, model, c, vocab or 1 << 20, eos, max_len)
-        m._separator = separator
+        m._separator, m.local_tokenizer = separator, local_tokenizer
         if not m.encode(PROBE_TEXT):
             raise RemoteError(f"the server's tokenizer turned {PROBE_TEXT!r} into no tokens")
         return m
@@ -1019,7 +1044,7 @@ def _probe(client: Client, model: str | None, top_logprobs, vocab_size, eos_id) 
     caps = _replace(caps, n_choices=_try_n(client, m, prompt_ids, notes))
     caps = _replace(caps, **_try_prompt_scores(client, m, prompt_ids, greedy, generated, notes))
     remote = RemoteModel(client, model, _replace(caps, notes=tuple(notes)), vocab, eos, max_len)
-    remote._separator = separator
+    remote._separator, remote.local_tokenizer = separator, local_tokenizer
     remote._resolved.update(m._resolved)
     remote.encode(PROBE_TEXT)
     after = remote.rows([tuple(prompt_ids) + (greedy[0],)])[0]  # through the path every later row takes
@@ -1047,7 +1072,7 @@ def _flavour(meta: dict) -> str:
     return "openai-compatible"
 
 
-def _tokenizer_paths(client: Client, model: str, flavour: str) -> tuple[str, str]:
+def _tokenizer_paths(client: Client, model: str, flavour: str, local: bool) -> tuple[str, str]:
     tries = [("/extras/tokenize", {"model": model, "input": "a"}, "/extras/detokenize")] if \
         flavour == "llama-cpp-python" else []
     tries += [("/tokenize", {"model": model, "prompt": "a", "add_special_tokens": False}, "/detokenize"),
@@ -1059,8 +1084,11 @@ def _tokenizer_paths(client: Client, model: str, flavour: str) -> tuple[str, str
                 return path, detok
         except HTTPStatusError:
             continue
+    if local:
+        return "local", "local"
     raise RemoteError("the server offers no tokenize endpoint (/tokenize or /extras/tokenize), which the explorer "
-                      "needs to turn text into token ids")
+                      "needs to turn text into token ids; name a local copy of its tokenizer (tokenizer=, or "
+                      "'tokenizer' in the sources config)")
 
 
 def _model_facts(meta: dict, model: str, vocab_size, eos_id) -> tuple[int | None, int | None, int | None]:

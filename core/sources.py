@@ -25,7 +25,8 @@ operator allows them (``AllowList``), from the environment or a JSON config file
                   "api_key_env": "VLLM_API_KEY", "top_logprobs": -1}]}
 
   A server entry may name the environment variable holding its API key (``api_key_env``), and
-  ``top_logprobs`` / ``vocab_size`` / ``eos_id`` for ``connect``; keys never appear in a source string.
+  ``top_logprobs`` / ``vocab_size`` / ``eos_id`` / ``tokenizer`` for ``connect``; keys never appear in a
+  source string.
 
 A source that is not allowed, or does not parse, gets one message (``UNKNOWN``) that says nothing about
 whether a path exists or a server answers.
@@ -50,7 +51,7 @@ LABELS = {
     "mtp": "Shipped multi-head model (4 heads, Python code)",
     "smollm2": "SmolLM2-135M-Instruct (pretrained English + code, 1 head)",
 }
-SERVER_KEYS = ("url", "model", "api_key_env", "top_logprobs", "vocab_size", "eos_id")
+SERVER_KEYS = ("url", "model", "api_key_env", "top_logprobs", "vocab_size", "eos_id", "tokenizer")
 
 
 class SourceNotAllowed(ValueError):
@@ -76,6 +77,7 @@ class ServerEntry:
     top_logprobs: int | None = None
     vocab_size: int | None = None
     eos_id: int | None = None
+    tokenizer: str | None = None  # a local tokenizer directory, for servers without tokenize endpoints
 
     def allows(self, url: str, model: str | None) -> bool:
         return self.url == url and (self.model is None or self.model == model)
@@ -158,7 +160,7 @@ def _server_entry(spec) -> ServerEntry:
         raise ValueError(f"unknown key(s) {', '.join(extra)} in a sources config server; allowed: "
                          f"{', '.join(SERVER_KEYS)}")
     return ServerEntry(normalise_base_url(spec["url"]), spec.get("model"), spec.get("api_key_env"),
-                       spec.get("top_logprobs"), spec.get("vocab_size"), spec.get("eos_id"))
+                       spec.get("top_logprobs"), spec.get("vocab_size"), spec.get("eos_id"), spec.get("tokenizer"))
 
 
 # ---- source strings -----------------------------------------------------------------------------------
@@ -284,7 +286,7 @@ def load(source: str, allow: AllowList | None = None):
     url = normalise_base_url(url)
     entry = allow.server(url, model)
     return connect(url, model, entry.api_key_env, top_logprobs=entry.top_logprobs, vocab_size=entry.vocab_size,
-                   eos_id=entry.eos_id)
+                   eos_id=entry.eos_id, tokenizer=entry.tokenizer)
 
 
 def list_server_models(url: str, allow: AllowList | None = None) -> list[str]:

@@ -327,8 +327,9 @@ def _resolve(state) -> Context:
     """The Context for the sidebar's values; ValueError naming the first problem."""
     source = state["source"]
     if source not in available_sources():
-        from core.sources import unknown
+        from core.sources import check, unknown
 
+        check(source)  # raises: the one message for a forbidden source, or what is wrong with the allow-list
         raise unknown(source, available_sources())
     with st.spinner(f"Loading {source_label(source)}…"):
         model = load_source(source)

@@ -33,8 +33,9 @@ CLAMP = -9999.0
 class FakeVLLM:
     """``answer(method, path, headers, body)`` for ``server_fixture.stub_server``."""
 
-    def __init__(self, model, name: str = "org/tiny-model", max_logprobs: int = 20, max_model_len: int | None = None):
-        self.model, self.name, self.max_logprobs = model, name, max_logprobs
+    def __init__(self, model, name: str = "org/tiny-model", max_logprobs: int = 20, max_model_len: int | None = None,
+                 tokenize: bool = True):
+        self.model, self.name, self.max_logprobs, self.tokenize = model, name, max_logprobs, tokenize
         self.max_model_len = max_model_len or model.max_tokens
         self.requests: list[tuple[str, dict | None]] = []
 
@@ -46,6 +47,8 @@ class FakeVLLM:
                 "root": self.name, "parent": None, "max_model_len": self.max_model_len,
                 "permission": [{"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
                                 "allow_sampling": True, "allow_logprobs": True}]}]}
+        if path in ("/tokenize", "/detokenize") and not self.tokenize:  # e.g. a server built without them
+            return 404, {"detail": "Not Found"}
         if path == "/tokenize":
             ids = self.model.encode(body["prompt"])
             return 200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids, "token_strs": None}

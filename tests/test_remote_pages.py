@@ -52,3 +52,16 @@ def test_a_link_to_a_server_outside_the_allow_list_gets_one_message(allow, llama
     assert [e.value for e in at.error] == [
         f"unknown model source 'server:{llama_server}'; allowed: mtp, smollm2, toy:E1, toy:E2, toy:hidden path, "
         "toy:SAT trap, toy:Markov chain (local models and servers the operator allows are opened on the Models page)"]
+
+
+def test_a_malformed_allow_list_is_named_not_hidden(allow, monkeypatch, tmp_path):  # noqa: F811
+    config = tmp_path / "sources.json"
+    config.write_text("{not json")
+    monkeypatch.setenv("DECODING_EXPLORER_CONFIG", str(config))
+    at = open_page("compare", source="local:/srv/model", prompt=PROMPT, steps=2)
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"the sources config {config} is not valid JSON "
+                                           "(Expecting property name enclosed in double quotes: line 1 column 2 "
+                                           "(char 1))"]
+    at = open_page("models", source="toy:E1", steps=2)  # the Models page says so too, and still renders
+    assert not at.exception and any("is not valid JSON" in e.value for e in at.error) and at.metric

@@ -105,6 +105,23 @@ def test_a_server_that_does_not_tell_its_vocabulary_needs_it(engine):
         connect(base)
 
 
+def test_a_server_without_tokenize_endpoints_needs_a_local_tokenizer(engine, tmp_path):
+    fake = FakeVLLM(engine, max_logprobs=20, tokenize=False)
+    with stub_server(fake) as base:
+        with pytest.raises(RemoteError, match=r"offers no tokenize endpoint .* name a local copy of its tokenizer"):
+            connect(base, vocab_size=engine.vocab_size)
+        engine.tokenizer.save_pretrained(tmp_path)
+        remote = connect(base, vocab_size=engine.vocab_size, tokenizer=str(tmp_path))
+        assert remote.caps.tokenize == "local"
+        prompt = remote.encode(PROMPT)
+        assert prompt == engine.encode(PROMPT) and remote.decode(prompt) == PROMPT
+        row = remote.rows([prompt])[0]
+        assert row.ids == tuple(torch.topk(engine.logprobs([prompt])[0], 20).indices.tolist())
+        assert {p for p, _ in fake.requests} == {"/v1/models", "/tokenize", "/extras/tokenize", "/v1/completions"}
+    with pytest.raises(ValueError, match="tokenizer must be a local directory"):
+        connect(base, tokenizer=str(tmp_path / "nope"))
+
+
 def test_several_prefixes_share_one_request(capped, engine):
     remote, fake = capped
     prompt = engine.encode("import os")
