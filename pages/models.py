@@ -70,14 +70,21 @@ def load_local(path: str, allow_large: bool) -> str:
     return add_source(source)
 
 
-def _on_load() -> None:
-    """Button callback (runs before the rerun, so it may change the sidebar's model)."""
+def _report(key: str, action) -> None:
+    """Run a button's action in its callback (before the rerun, so it may change the sidebar's model) and
+    keep its message, or its error, for the rerun to show under ``key``."""
     try:
-        load_local(st.session_state.models_path, bool(st.session_state.models_allow_large))
-        model = source_label(st.session_state.source)
-        st.session_state.models_result = ("ok", f"Loaded: it is now the sidebar's model ({model}).")
+        st.session_state[key] = ("ok", action())
     except Exception as exc:  # noqa: BLE001 - shown as a message on the rerun
-        st.session_state.models_result = ("error", exc)
+        st.session_state[key] = ("error", exc)
+
+
+def _on_load() -> None:
+    def load() -> str:
+        load_local(st.session_state.models_path, bool(st.session_state.models_allow_large))
+        return f"Loaded: it is now the sidebar's model ({source_label(st.session_state.source)})."
+
+    _report("models_result", load)
 
 
 def draw_loader() -> None:
@@ -117,13 +124,12 @@ def _on_list_models() -> None:
 
 
 def _on_connect() -> None:
-    try:
+    def connect() -> str:
         source = sources.check(sources.server_source(st.session_state.server_url, st.session_state.server_model))
         load_source(source)  # connects: checks every capability against the server's own generation
-        add_source(source)
-        st.session_state.server_result = ("ok", f"Connected: it is now the sidebar's model ({source_label(source)}).")
-    except Exception as exc:  # noqa: BLE001 - shown as a message on the rerun
-        st.session_state.server_result = ("error", exc)
+        return f"Connected: it is now the sidebar's model ({source_label(add_source(source))})."
+
+    _report("server_result", connect)
 
 
 def draw_server() -> None:
