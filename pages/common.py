@@ -1,6 +1,7 @@
 """Streamlit-only helpers shared by every page: the sidebar (model source, prompt, steps, seed, goal),
 state that survives reruns, page switches and links (session state <-> URL query parameters),
-cached model loading, error display and token colouring. No math here: pages call ``core``.
+cached model loading (which sources exist and which the operator allows is ``core.sources``), error
+display and token colouring. No math here: pages call ``core``.
 
 Every page calls ``setup_page`` first, so each page file also renders on its own
 (``AppTest.from_file("pages/<name>.py")``).
