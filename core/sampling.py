@@ -212,7 +212,12 @@ def walk(model: NextTokenModel, prompt: Sequence[int], steps: int, n: int, *, se
     row's EOS its log-probs are a point mass on EOS (so teacher-forced rows must be padded with EOS,
     as ``pad_after_eos`` pads them); ``Step.history`` is what a history-dependent sampler reads
     (``sampler.warp(step.logprobs, step.history)``).
+
+    A served model (one with its own ``sample_groups``, ``core.remote``) draws the rows on its server,
+    so they are unbiased whatever truncation its reported rows have; the walk then teacher-forces them.
     """
+    if tokens is None and hasattr(model, "sample_groups"):
+        tokens = sample_groups(model, prompt, steps, [(n, check_seed(seed), sampler)])[0].tokens
     if tokens is None:
         gen = torch.Generator().manual_seed(check_seed(seed))
         sampler = sampler or Sampling()
@@ -249,6 +254,8 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
     only if a uniform falls within it of a bucket boundary).
     Groups share a walk up to ``GROUP_ROWS`` rows. ``observe(t, logprobs, tokens)``, if given, sees
     the first group's [n, V] log-probs and [n] tokens about to be appended at every step."""
+    if hasattr(model, "sample_groups"):  # a served model draws on its server (core.remote): unbiased rows
+        return model.sample_groups(prompt, steps, groups, observe)
     prompt = check_call(model, prompt, steps)
     if not groups:
         raise ValueError("groups must hold at least one (n, seed, sampler)")

@@ -1,6 +1,7 @@
 """Streamlit-only helpers shared by every page: the sidebar (model source, prompt, steps, seed, goal),
 state that survives reruns, page switches and links (session state <-> URL query parameters),
-cached model loading, error display and token colouring. No math here: pages call ``core``.
+cached model loading (which sources exist and which the operator allows is ``core.sources``), error
+display and token colouring. No math here: pages call ``core``.
 
 Every page calls ``setup_page`` first, so each page file also renders on its own
 (``AppTest.from_file("pages/<name>.py")``).
@@ -30,11 +31,6 @@ MAX_SEED = 2**31 - 1
 GOAL_NAMES = ("0-1", "Hamming", "N-gram Hamming", "Distribution match (KL)", "Distribution match (TV)")
 FALLBACK_PROMPT = {"name": "fibonacci", "text": "def fibonacci(n):\n    ", "note": ""}
 
-SOURCE_LABELS = {
-    "mtp": "Shipped multi-head model (4 heads, Python code)",
-    "smollm2": "SmolLM2-135M-Instruct (pretrained English + code, 1 head)",
-}
-
 # sidebar state: key -> default. Keys are also the URL query parameter names.
 SIDEBAR_DEFAULTS = {
     "source": DEFAULT_SOURCE,
@@ -50,7 +46,7 @@ SIDEBAR_DEFAULTS = {
 class Context:
     """What the sidebar selected, resolved: the model and goal objects the page computes with."""
 
-    source: str  # "mtp" | "smollm2" | "toy:<preset name>" | "local:<path>"
+    source: str  # a core.sources source string: "mtp" | "smollm2" | "toy:<preset>" | "local:<path>" | "server:..."
     model: object  # a core NextTokenModel (cached with st.cache_resource)
     is_text: bool  # model has encode/decode (toys don't)
     n_heads: int  # 1 for single-head models and toys
@@ -132,72 +128,86 @@ def declare_state(defaults: Mapping[str, object]) -> None:
     init_state(defaults)
 
 
-# ---- models ---------------------------------------------------------------------------------------
+# ---- models (the registry and the allow-list live in core.sources) ----------------------------------
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
 def load_source(source: str):
-    """The NextTokenModel behind a source string (shared by all sessions; the models lock their
-    forward passes)."""
-    if source == "mtp":
-        from core.engine import load_default
+    """The NextTokenModel behind an allowed source (shared by all sessions; the models lock their
+    forward passes). Failures are not cached, so a server that was down is tried again."""
+    from core import sources
 
-        return load_default()
-    if source == "smollm2":
-        from core.hf import load_smollm2
-
-        return load_smollm2()
-    if source.startswith("toy:"):
-        from core.toy import PRESETS
-
-        name = source[4:]
-        if name not in PRESETS:
-            raise ValueError(f"unknown toy preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return PRESETS[name].build()
-    if source.startswith("local:"):
-        from core.hf import load_local_model
-
-        return load_local_model(source[6:])
-    raise ValueError(f"unknown source {source!r}; use mtp, smollm2, toy:<preset> or local:<path>")
+    return sources.load(source)
 
 
 def toy_presets() -> dict:
-    try:
-        from core.toy import PRESETS
-    except ImportError:
-        return {}
-    return PRESETS
+    from core.sources import toy_presets as presets
+
+    return presets()
 
 
 def available_sources() -> list[str]:
-    """Sources offered in the sidebar: the shipped model, SmolLM2, every toy preset and every local
-    model loaded on the Models page this session."""
-    sources = ["mtp", "smollm2"] + [f"toy:{name}" for name in toy_presets()]
-    sources += [f"local:{p}" for p in st.session_state.get("local_models", [])]
+    """Sources offered in the sidebar: the shipped model, SmolLM2, every toy, and the local models and
+    servers opened on the Models page this session; a link's local or server source is offered only when
+    the operator's allow-list allows it."""
+    from core import sources
+
+    offered = sources.builtin_sources() + list(st.session_state.get("opened_sources", []))
     current = st.session_state.get("source")
-    if isinstance(current, str) and current.startswith("local:") and current not in sources:
-        sources.append(current)  # a link to a local model: offered, loaded (or refused) on use
-    return sources
+    if isinstance(current, str) and current not in offered and sources.kind(current) in ("local", "server"):
+        with contextlib.suppress(ValueError):  # else refused by _resolve with the one message that reveals nothing
+            offered.append(sources.check(current))
+    return offered
 
 
 def source_label(source: str) -> str:
-    if source in SOURCE_LABELS:
-        return SOURCE_LABELS[source]
-    if source.startswith("toy:"):
-        return f"Toy: {source[4:]} (exact)"
-    if source.startswith("local:"):
-        return f"Local: {Path(source[6:]).name}"
-    return source
+    from core.sources import label
+
+    return label(source)
 
 
-def add_local_model(path: str) -> str:
-    """Register a loaded local model as a sidebar source and select it; returns the source string."""
-    source = f"local:{path}"
-    local = st.session_state.setdefault("local_models", [])
-    if path not in local:
-        local.append(path)
+def add_source(source: str) -> str:
+    """Offer an opened local model or server in the sidebar and select it; returns the source string."""
+    opened = st.session_state.setdefault("opened_sources", [])
+    if source not in opened:
+        opened.append(source)
     st.session_state["source"] = source
     return source
+
+
+def source_info(ctx: Context) -> dict:
+    """What an export says about its model (``core.sources.source_info``); never credentials."""
+    from core.sources import source_info as info
+
+    return info(ctx.source, ctx.model)
+
+
+def truncation_note(ctx: Context, outputs: Mapping[str, Sequence[int]]) -> str | None:
+    """For a served model: what the server's truncated rows mean for these outputs (key -> tokens)."""
+    if not ctx.source.startswith("server:"):
+        return None
+    from core.remote import outputs_note
+
+    return outputs_note(ctx.model, ctx.prompt_ids, outputs)
+
+
+@contextlib.contextmanager
+def server_progress(ctx: Context | None, what: str):
+    """While the block runs against a server, a line under the page's spinner counts the requests done."""
+    if ctx is None or not ctx.source.startswith("server:"):
+        yield
+        return
+    from core.remote import progress
+
+    line = st.empty()
+    start = getattr(ctx.model, "requests", 0)
+
+    def show(done: int, unit: str) -> None:
+        line.caption(f"{what}: {getattr(ctx.model, 'requests', 0) - start} requests to the server so far ({unit})")
+
+    with progress(show):
+        yield
+    line.empty()
 
 
 # ---- prompts and goals ----------------------------------------------------------------------------
@@ -240,6 +250,12 @@ def _on_example() -> None:
             st.session_state["prompt"] = p["text"]
 
 
+def is_large(source: str) -> bool:
+    from core.sources import is_large as large
+
+    return large(source)
+
+
 def _on_source() -> None:
     """Switching to a toy sets steps to its length; switching back restores a text length. A
     pretrained single-head model (SmolLM2, local) is ~13x the shipped model's size, so switching to
@@ -249,7 +265,7 @@ def _on_source() -> None:
     if source.startswith("toy:"):
         with contextlib.suppress(Exception):  # the page reports the problem when it loads the source
             st.session_state["steps"] = int(load_source(source).length)
-    elif source == "smollm2" or source.startswith("local:"):
+    elif is_large(source):
         steps = DEFAULT_STEPS if previous.startswith("toy:") else int(st.session_state.get("steps", DEFAULT_STEPS))
         st.session_state["steps"] = min(steps, LARGE_MODEL_STEPS)
         if "cmp_n_samples" in st.session_state:
@@ -312,8 +328,10 @@ def _resolve(state) -> Context:
     """The Context for the sidebar's values; ValueError naming the first problem."""
     source = state["source"]
     if source not in available_sources():
-        allowed = ", ".join(available_sources())
-        raise ValueError(f"unknown model source {source!r}; allowed: {allowed} (load local models on the Models page)")
+        from core.sources import check, unknown
+
+        check(source)  # raises: the one message for a forbidden source, or what is wrong with the allow-list
+        raise unknown(source, available_sources())
     with st.spinner(f"Loading {source_label(source)}…"):
         model = load_source(source)
     is_text = hasattr(model, "encode") and hasattr(model, "decode")

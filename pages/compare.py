@@ -27,9 +27,11 @@ from pages.common import (
     load_source,
     probability_legend_html,
     sequence_label,
+    server_progress,
     setup_page,
     show_error,
     token_html,
+    truncation_note,
 )
 
 SETTINGS_DEFAULTS = {"cmp_depth": 2, "cmp_tau": 0.7, "cmp_top_k": 5, "cmp_top_p": 0.9, "cmp_beam": 4,
@@ -200,7 +202,8 @@ st.caption("The same model, many ways to turn its next-token probabilities into 
            "on the goal: switch it in the sidebar and watch the ranking change.")
 settings, n_samples = settings_ui(ctx.is_toy)
 try:
-    result = run(ctx, settings, n_samples)
+    with server_progress(ctx, "Compare"):
+        result = run(ctx, settings, n_samples)
 except Exception as exc:  # noqa: BLE001 - shown as a message; the rest of the page stays
     show_error(exc)
     st.stop()
@@ -209,5 +212,8 @@ if ctx.is_text:
     st.code(ctx.prompt, language=None)
 if result.certificate is not None:
     (st.success if result.certificate.holds else st.caption)(result.certificate.text())
+note = truncation_note(ctx, {row.key: row.output.tokens for row in result.rows})
+if note:
+    st.info(note)
 draw_outputs(ctx, result)
 draw_scores(ctx, result, settings)

@@ -19,6 +19,8 @@ from pages.common import Context, sequence_label, token_label
 HEAD_COLOUR = "#4c6ef5"
 PATH_COLOUR = "#f08c00"
 MISS_COLOUR = "#e03131"
+REST_COLOUR = "#adb5bd"
+REST_LABEL = "⟨rest of the vocabulary⟩"
 HIT_COLOUR = "#2f9e44"
 
 
@@ -120,6 +122,12 @@ def heads_note(ctx: Context) -> str | None:
     """Why only head 1 is shown, for single-head models (None for multi-head ones)."""
     if ctx.n_heads > 1:
         return None
+    if ctx.source.startswith("server:"):
+        k = ctx.model.caps.top_logprobs
+        listed = "its whole vocabulary" if k < 0 else f"its top {k} tokens"
+        return (f"{ctx.source_label} is served: the server lists {listed} per position, and the grey bar is "
+                "everything else (the rest of the vocabulary, never spread over the listed tokens). One head: it "
+                "only predicts the next token.")
     kind = "an exact toy distribution" if ctx.is_toy else "a next-token model"
     return (f"{ctx.source_label} is {kind} with one head: it only predicts the next token, so there are "
             "no k-tokens-ahead views. Pick the shipped multi-head model (4 heads) to see heads 2–4.")
@@ -148,9 +156,13 @@ def head_figure(model, view, title: str, mark: int | None, position: int | None)
     ids = list(view.token_ids)
     labels = unique_labels([token_name(model, i) for i in ids], ids)
     colours = [PATH_COLOUR if i == mark else HEAD_COLOUR for i in ids]
+    probs = list(view.probs)
+    data = [[i, -1 if position is None else position] for i in ids]
+    if hasattr(model, "rest_mass"):  # a served model: the mass the server did not list is a bar of its own
+        labels, colours = labels + [REST_LABEL], colours + [REST_COLOUR]
+        probs, data = probs + [max(0.0, 1.0 - view.covered)], data + [[-1, -1]]  # not clickable
     fig = go.Figure(go.Bar(
-        x=list(view.probs), y=labels, orientation="h", marker_color=colours,
-        customdata=[[i, -1 if position is None else position] for i in ids],
+        x=probs, y=labels, orientation="h", marker_color=colours, customdata=data,
         hovertemplate="%{y}: p = %{x:.3f}<br>token id %{customdata[0]}<extra></extra>",
     ))
     fig.update_layout(title=dict(text=title, font=dict(size=13)), height=90 + 22 * len(ids),

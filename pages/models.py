@@ -1,4 +1,4 @@
-"""Models: the shipped model's card and training curves; load a local Hugging Face model."""
+"""Models: the shipped model's card and training curves; load a local Hugging Face model; connect to a server."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import re
 
 import streamlit as st
 
+from core import sources
 from core.engine import DEFAULT_MODEL_DIR
 from pages.charts import CHART_CONFIG, curves
-from pages.common import add_local_model, declare_state, load_source, setup_page, show_error, source_label
+from pages.common import add_source, declare_state, load_source, setup_page, show_error, source_label
 
 
 @st.cache_data(show_spinner=False)
@@ -55,47 +56,99 @@ def draw_training(log: dict) -> None:
                "skip-bigram for the one after).")
 
 
-def load_local(path: str, allow_large: bool) -> None:
-    """Load ``path`` (a transformers directory or a .gguf file) and make it the sidebar's model."""
+def load_local(path: str, allow_large: bool) -> str:
+    """Load ``path`` (a transformers directory or a .gguf file) and make it the sidebar's model; returns
+    its source. A path outside the operator's allow-list gets the one message that reveals nothing."""
     path = path.strip()
     if not path:
         raise ValueError("enter the path of a local Hugging Face model directory (config.json + *.safetensors + "
                          "tokenizer files) or a .gguf file")
+    source = sources.check(f"local:{path}")
     if allow_large:
-        from core.hf import load_local_model
+        sources.allow_large(source)  # load_source then loads it despite the memory warning
+    load_source(source)
+    return add_source(source)
 
-        load_local_model(path, allow_large=True)  # the memory check is the only difference; files are now cached
-    load_source(f"local:{path}")
-    add_local_model(path)
+
+def _report(key: str, action) -> None:
+    """Run a button's action in its callback (before the rerun, so it may change the sidebar's model) and
+    keep its message, or its error, for the rerun to show under ``key``."""
+    try:
+        st.session_state[key] = ("ok", action())
+    except Exception as exc:  # noqa: BLE001 - shown as a message on the rerun
+        st.session_state[key] = ("error", exc)
 
 
 def _on_load() -> None:
-    """Button callback (runs before the rerun, so it may change the sidebar's model)."""
-    try:
+    def load() -> str:
         load_local(st.session_state.models_path, bool(st.session_state.models_allow_large))
-        model = source_label(st.session_state.source)
-        st.session_state.models_result = ("ok", f"Loaded: it is now the sidebar's model ({model}).")
-    except Exception as exc:  # noqa: BLE001 - shown as a message on the rerun
-        st.session_state.models_result = ("error", exc)
+        return f"Loaded: it is now the sidebar's model ({source_label(st.session_state.source)})."
+
+    _report("models_result", load)
 
 
 def draw_loader() -> None:
     st.subheader("Load a local model")
     st.caption("A directory saved by Hugging Face `transformers` (config.json, *.safetensors, tokenizer files) or a "
-               ".gguf file. Safetensors and GGUF only: no pickled weights, no remote code, no network. Once loaded "
-               "it is selectable in the sidebar as a model (one head: it predicts only the next token).")
+               ".gguf file, inside a directory the operator allows (`DECODING_EXPLORER_LOCAL_MODELS`). Safetensors "
+               "and GGUF only: no pickled weights, no remote code, no network. Once loaded it is selectable in the "
+               "sidebar as a model (one head: it predicts only the next token).")
     declare_state({"models_path": "", "models_allow_large": False})
     st.text_input("Path", key="models_path", placeholder="/path/to/model-directory or /path/to/model.gguf")
     st.checkbox("Load even if it may not fit in memory", key="models_allow_large")
     st.button("Load model", key="models_load", type="primary", on_click=_on_load)
-    kind, result = st.session_state.pop("models_result", (None, None))
+    show_result("models_result")
+    opened = [s for s in st.session_state.get("opened_sources", []) if s.startswith("local:")]
+    if opened:
+        st.markdown("**Loaded this session:** " + ", ".join(f"`{s[6:]}`" for s in opened))
+
+
+def show_result(key: str) -> None:
+    kind, result = st.session_state.pop(key, (None, None))
     if kind == "ok":
         st.success(result)
     elif kind == "error":
         show_error(result)
-    loaded = st.session_state.get("local_models", [])
-    if loaded:
-        st.markdown("**Loaded this session:** " + ", ".join(f"`{p}`" for p in loaded))
+
+
+def _on_list_models() -> None:
+    try:
+        models = sources.list_server_models(st.session_state.server_url)
+        if not models:
+            raise ValueError("the server lists no models this explorer may open")
+        st.session_state.server_models = models
+        st.session_state.server_model = models[0]
+    except Exception as exc:  # noqa: BLE001 - shown as a message on the rerun
+        st.session_state.server_models = []
+        st.session_state.server_result = ("error", exc)
+
+
+def _on_connect() -> None:
+    def connect() -> str:
+        source = sources.check(sources.server_source(st.session_state.server_url, st.session_state.server_model))
+        load_source(source)  # connects: checks every capability against the server's own generation
+        return f"Connected: it is now the sidebar's model ({source_label(add_source(source))})."
+
+    _report("server_result", connect)
+
+
+def draw_server() -> None:
+    st.subheader("Connect to a server")
+    st.caption("Any model a vLLM, SGLang or llama.cpp server hosts, through its OpenAI-compatible `/v1/completions` "
+               "log-probabilities. Only servers the operator allows (`DECODING_EXPLORER_SERVERS` or the sources "
+               "config) can be opened; API keys come from environment variables named there, never from this page.")
+    allowed = sources.AllowList.from_environment().servers
+    declare_state({"server_url": allowed[0].url if allowed else ""})
+    st.session_state.setdefault("server_models", [])
+    st.text_input("Base URL", key="server_url", placeholder="http://gpu-host:8000")
+    st.button("List models", key="server_list", on_click=_on_list_models)
+    if st.session_state.server_models:
+        st.selectbox("Model", st.session_state.server_models, key="server_model")
+        st.button("Connect", key="server_connect", type="primary", on_click=_on_connect)
+    show_result("server_result")
+    if st.session_state.get("source", "").startswith("server:"):
+        model = load_source(st.session_state.source)
+        st.markdown("**Connected server:** " + " · ".join(model.caps.lines()))
 
 
 setup_page("Models", "📦")  # the full sidebar, so a loaded model shows up as its source
@@ -109,3 +162,7 @@ st.subheader("SmolLM2-135M-Instruct")
 st.markdown("A real pretrained English + code model with one head (Apache-2.0, HuggingFaceTB), offered in the sidebar "
             "as a second model so the decoders can be compared on a model trained on far more text.")
 draw_loader()
+try:
+    draw_server()
+except Exception as exc:  # noqa: BLE001 - e.g. a malformed allow-list: a message, never a traceback
+    show_error(exc)

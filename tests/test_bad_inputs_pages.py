@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from server_fixture import allow  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from core.engine import DEFAULT_MODEL_DIR
@@ -44,6 +45,13 @@ CASES = [
         r"unknown model source 'toy:nope'; allowed: mtp, smollm2, toy:E1",
         "steps",
     ),
+    # a link may select only an allowed source: one message whether or not the path exists or the server answers
+    ("compare", {**TOY, "source": "local:/etc/passwd"}, r"unknown model source 'local:/etc/passwd'; allowed: mtp,",
+     "steps"),
+    ("compare", {**TOY, "source": "local:/no/such/dir"}, r"unknown model source 'local:/no/such/dir'; allowed: mtp,",
+     "steps"),
+    ("step_inspector", {**TOY, "source": "server:http://127.0.0.1:9"},
+     r"unknown model source 'server:http://127.0.0.1:9'; allowed: mtp,", "steps"),
     # ---- Compare's decoder settings -----------------------------------------------------------
     ("compare", {**TOY, "cmp_tau": 0.0}, r"temperature must be > 0 and finite, got 0\.0", "cmp_top_k"),
     ("compare", {**TOY, "cmp_tau": -1.0}, r"temperature must be > 0 and finite, got -1\.0", "cmp_top_k"),
@@ -188,8 +196,8 @@ def assert_page_alive(at: AppTest, widget_key: str) -> None:
     CASES,
     ids=[f"{c[0]}-{'-'.join(f'{k}={str(v)[:12]}' for k, v in c[1].items())}" for c in CASES],
 )
-def test_bad_widget_value_is_an_error_message(page, state, match, widget):
-    at = run(page, state)
+def test_bad_widget_value_is_an_error_message(page, state, match, widget, allow):  # noqa: F811
+    at = run(page, state)  # with nothing on the operator's allow-list (``allow`` not called)
     assert_page_alive(at, widget)
     errors = [e.value for e in at.error]
     assert any(__import__("re").search(match, e) for e in errors), errors
@@ -246,7 +254,8 @@ MODEL_CASES = [
 
 
 @pytest.mark.parametrize(("which", "match"), MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
-def test_models_page_load_errors(broken_models, which, match):
+def test_models_page_load_errors(broken_models, allow, which, match):  # noqa: F811
+    allow(local=[broken_models["no config"]])  # the operator allows the directory that holds them
     at = run("models", TOY)
     at.text_input(key="models_path").set_value(str(broken_models[which])).run()
     at.button(key="models_load").click().run()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from server_fixture import llama_server, remote_smollm2  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -432,3 +434,58 @@ def test_first_request_after_a_server_start_opens_its_page(browser_page, name):
     with streamlit_server() as base:
         browser_page.goto(f"{base}/{app_page.url_path}?seed={URL_SEED}")
         assert_opened(browser_page, base, app_page, f"first request /{app_page.url_path}")
+
+
+# ---- a model behind a server (llama.cpp's server on 127.0.0.1) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_on_llama(llama_server, remote_smollm2):  # noqa: F811
+    """``streamlit run app.py`` with the llama server on the operator's allow-list."""
+    from urllib.parse import quote
+
+    env = {"DECODING_EXPLORER_SERVERS": llama_server, "XDG_CONFIG_HOME": tempfile.mkdtemp(prefix="no-config-")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the streamlit process inherits it
+    try:
+        with streamlit_server() as base:
+            yield base, quote(f"server:{remote_smollm2.model_id}@{llama_server}", safe="")
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_compare_and_step_inspector_on_a_server(browser_page, server_on_llama):
+    page = browser_page
+    base, source = server_on_llama
+    page.goto(f"{base}/?source={source}&steps=2&cmp_n_samples=16&prompt=The%20capital%20of%20France%20is")
+    page.wait_for_selector("[data-testid='stApp']")
+    wait_idle(page, timeout_ms=240_000)  # connects, then a Compare run of a few hundred requests
+    assert_healthy(page, "compare on a server")
+    assert_visible(page.get_by_text("The server listed its top 20 tokens").first, "no note on the server's truncation")
+    assert "greedy" in risk_table_text(page)
+    screenshot(page, "compare_server")
+
+    goto_page(page, base, next(p for p in declared_pages() if p.name == "step_inspector"))
+    assert_healthy(page, "step inspector on a server")
+    assert_visible(page.get_by_text("the grey bar is everything else").first, "no note on the server's truncation")
+    chart = page.locator("[data-testid='stPlotlyChart']").first
+    assert "rest of the vocabulary" in chart.inner_text()
+    before = branch_count(page)
+    bars = chart.locator(".bars path, g.point path")
+    box = bars.nth(1).bounding_box()  # data order: the runner-up token (the grey rest bar is last)
+    x, y = box["x"] + min(box["width"] / 2, 40), box["y"] + box["height"] / 2
+    chart.hover()
+    page.mouse.move(x, y, steps=4)
+    page.wait_for_function("() => document.querySelector('.hoverlayer .hovertext') !== null", timeout=5_000)
+    page.mouse.click(x, y)
+    page.wait_for_function(f"""() => document.querySelectorAll(
+        "[data-testid='stRadio'] input[type='radio']").length > {before}""", timeout=30_000)
+    wait_idle(page)
+    assert_healthy(page, "step inspector on a server after branching")
+    screenshot(page, "step_inspector_server")

@@ -1,4 +1,5 @@
-"""Models page (AppTest): the shipped model's card and training curves, loading a local model."""
+"""Models page (AppTest): the shipped model's card and training curves, loading a local model (only from
+where the operator's allow-list allows), connecting to a server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from server_fixture import allow, llama_server, remote_smollm2  # noqa: F401
 from streamlit.testing.v1 import AppTest
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -49,18 +51,50 @@ def test_card_and_training_curves():
     assert len(at.get("plotly_chart")) == 1
 
 
-def test_load_errors_are_messages():
+def test_load_errors_are_messages(allow, tmp_path):  # noqa: F811
     at = run_page()
     at.button(key="models_load").click().run()
     assert not at.exception
     assert "enter the path" in at.error[0].value
-    at.text_input(key="models_path").set_value("/no/such/model").run()
+    allow(local=[tmp_path])
+    at.text_input(key="models_path").set_value(str(tmp_path / "no-such-model")).run()
     at.button(key="models_load").click().run()
     assert not at.exception
-    assert "does not exist" in at.error[0].value
+    assert "does not exist" in at.error[0].value  # inside an allowed directory: the real reason
 
 
-def test_loaded_model_becomes_a_source(gpt2_dir):
+def forbidden_message(at, path) -> str:
+    at.text_input(key="models_path").set_value(str(path)).run()
+    at.button(key="models_load").click().run()
+    assert not at.exception and len(at.error) == 1
+    return at.error[0].value.replace(str(path), "<path>")
+
+
+def test_paths_outside_the_allow_list_get_one_message_that_reveals_nothing(allow, gpt2_dir, tmp_path):  # noqa: F811
+    allow(local=[tmp_path / "allowed"])
+    at = run_page()
+    messages = {forbidden_message(at, p) for p in (gpt2_dir, tmp_path / "missing", "/etc", "/etc/passwd",
+                                                   tmp_path / "allowed" / ".." / gpt2_dir.name)}
+    assert messages == {"unknown model source 'local:<path>'; allowed: mtp, smollm2, toy:E1, toy:E2, toy:hidden path, "
+                        "toy:SAT trap, toy:Markov chain (local models and servers the operator allows are opened on "
+                        "the Models page)"}
+    assert at.session_state["source"] == "toy:E1"
+
+
+def test_a_link_to_a_forbidden_local_path_gets_the_same_message(allow, gpt2_dir):  # noqa: F811
+    for path in (gpt2_dir, "/no/such/dir"):
+        at = AppTest.from_file(PAGE, default_timeout=120)
+        at.session_state["source"] = f"local:{path}"  # as ?source=local:<path> sets it
+        at.run()
+        assert not at.exception
+        assert [e.value.replace(str(path), "<path>") for e in at.error] == [
+            "unknown model source 'local:<path>'; allowed: mtp, smollm2, toy:E1, toy:E2, toy:hidden path, "
+            "toy:SAT trap, toy:Markov chain (local models and servers the operator allows are opened on the Models "
+            "page)"]
+
+
+def test_loaded_model_becomes_a_source(allow, gpt2_dir):  # noqa: F811
+    allow(local=[gpt2_dir.parent])
     at = run_page()
     at.text_input(key="models_path").set_value(str(gpt2_dir)).run()
     at.button(key="models_load").click().run()
@@ -68,6 +102,53 @@ def test_loaded_model_becomes_a_source(gpt2_dir):
     assert at.session_state["source"] == f"local:{gpt2_dir}"
     assert f"Local: {gpt2_dir.name}" in at.selectbox(key="source").options
     assert "Loaded" in at.success[0].value
+
+
+def test_load_even_if_it_may_not_fit_in_memory_loads_and_stays_loaded(allow, gpt2_dir, monkeypatch,  # noqa: F811
+                                                                         tmp_path):
+    """The override used to load the model, drop it and load it again without the override (which failed)."""
+    import shutil
+
+    import core.hf
+
+    gpt2_dir = Path(shutil.copytree(gpt2_dir, tmp_path / "big-gpt2"))  # a path no other test has loaded (cached)
+    allow(local=[tmp_path])
+    monkeypatch.setattr(core.hf, "_available_memory", lambda: 1_000)  # every model now looks too large
+    at = run_page()
+    at.text_input(key="models_path").set_value(str(gpt2_dir)).run()
+    at.button(key="models_load").click().run()
+    assert "may exhaust memory" in at.error[0].value and at.session_state["source"] == "toy:E1"
+    at.checkbox(key="models_allow_large").check().run()
+    at.button(key="models_load").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["source"] == f"local:{gpt2_dir}" and "Loaded" in at.success[0].value
+    at.run()  # the sidebar keeps using it on later runs
+    assert not at.exception and not at.error
+
+
+def test_connect_to_an_allowed_server(allow, llama_server, remote_smollm2):  # noqa: F811
+    allow(servers=[llama_server])
+    at = run_page()
+    assert at.text_input(key="server_url").value == llama_server
+    at.button(key="server_list").click().run()
+    assert not at.exception and not at.error
+    model = at.selectbox(key="server_model")
+    assert model.options == [remote_smollm2.model_id]
+    at.button(key="server_connect").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["source"] == f"server:{remote_smollm2.model_id}@{llama_server}"
+    assert "Connected" in at.success[0].value
+    shown = " ".join(m.value for m in at.markdown)
+    assert "server: llama-cpp-python" in shown and "shifted by one" in shown
+
+
+def test_a_server_outside_the_allow_list_gets_one_message(allow, llama_server):  # noqa: F811
+    allow(servers=["http://10.0.0.1:8000"])
+    at = run_page()
+    at.text_input(key="server_url").set_value(llama_server).run()
+    at.button(key="server_list").click().run()
+    assert not at.exception
+    assert at.error[0].value.startswith(f"unknown model source 'server:{llama_server}'; allowed: mtp, smollm2")
 
 
 def test_demote_headings_skips_code_blocks():
