@@ -36,7 +36,7 @@ import torch
 from core.compute import pin_thread
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_groups, sample_many
 from core.estimators import Estimate
-from core.mbr import MBR, check_epsilon, epsilon_sampler, pick
+from core.mbr import MBR, candidate_sampler, candidates_text, check_epsilon, pick
 from core.risk import GreedyCertificate, certificate_from_scores, exact_risk
 from core.rollout import (
     DRAWS_STREAM,
@@ -197,7 +197,7 @@ def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str
     ]
 
 
-def _draw_specs(settings: DecoderSettings, seed: int, n_samples: int, exact: bool, random,
+def _draw_specs(model, settings: DecoderSettings, seed: int, n_samples: int, exact: bool, random,
                 pointwise: bool = True) -> list[tuple]:
     """(name, (rows, seed, sampler)) of every random draw of a request, in walk order: each random
     decoder's Monte Carlo draws (neural models, pointwise goals; not sampling from P, which the truth
@@ -210,7 +210,7 @@ def _draw_specs(settings: DecoderSettings, seed: int, n_samples: int, exact: boo
     specs += [(f"shown:{key}", (1, seed, d)) for key, d in random]
     if pointwise and not exact:  # on a toy MBR draws its own candidates and references
         specs.append(("mbr", (settings.mbr_candidates, derived_seed(seed, MBR_STREAM),
-                              epsilon_sampler(settings.mbr_epsilon))))
+                              candidate_sampler(model, settings.mbr_epsilon))))
     if settings.shown_samples:
         specs.append(("samples", (settings.shown_samples, seed + 1, None)))
     return specs
@@ -232,7 +232,7 @@ def check_request(model, prompt: Sequence[int], steps: int, seed: int, settings:
         lo, hi = N_SAMPLES_RANGE
         if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and lo <= n_samples <= hi):
             raise ValueError(f"Monte Carlo samples must be an integer from {lo} to {hi}, got {n_samples!r}")
-        rows = n_samples + sum(n for _, (n, _, _) in _draw_specs(settings, seed, n_samples, exact, random))
+        rows = n_samples + sum(n for _, (n, _, _) in _draw_specs(model, settings, seed, n_samples, exact, random))
         if rows * steps > MC_TOKEN_BUDGET:
             raise ValueError(f"Monte Carlo budget: rows x tokens must be at most {MC_TOKEN_BUDGET:,}, got {rows} x "
                              f"{steps} = {rows * steps:,} ({n_samples} truth rows plus the decoders' own draws); "
@@ -283,7 +283,7 @@ def draw(model, prompt: Sequence[int], steps: int, seed: int, settings: DecoderS
     _tick(progress, len(FIXED_KEYS), "sampling")
     prompt = list(prompt)
     random = [(k, d) for k, d in lineup(settings, steps, exact) if d.is_random]
-    specs = _draw_specs(settings, seed, n_samples, exact, random, pointwise)
+    specs = _draw_specs(model, settings, seed, n_samples, exact, random, pointwise)
     pin_thread()
     drawn = dict(zip([name for name, _ in specs], sample_groups(model, prompt, steps, [s for _, s in specs])))
     shown = {key: drawn[f"shown:{key}"].paths()[0] for key, _ in random}
@@ -428,8 +428,8 @@ def _score_monte_carlo(model, prompt, steps: int, goal, decoders, paths: dict[st
                      goal.estimate(rollout, chosen, bayes.columns)))
         where = (f"expected {goal.name} loss over the {rollout.n_select} fold-A truth rows (Rao-Blackwellised); "
                  "scored on fold B" if needs else "exact expected 0-1 loss 1 − P(candidate)")
-        method = (f"best of {pool.tokens.shape[0]} candidates (the other decoders' outputs + {mbr.n_candidates} "
-                  f"ε-sampled, ε = {mbr.epsilon:g}) by {where}")
+        method = (f"best of {pool.tokens.shape[0]} candidates (the other decoders' outputs + "
+                  f"{candidates_text(model, mbr.n_candidates, mbr.epsilon)}) by {where}")
         mbr_choice = (tuple(chosen.tokens[0].tolist()), method, not needs)
     bayes_label = f"Bayes output ({goal.name})" if goal.pointwise else "Bayes decoder (sampling from P)"
     bayes_decoder = Fixed(bayes.tokens) if goal.pointwise else Sampling()

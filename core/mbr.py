@@ -44,6 +44,7 @@ from core.rollout import (
     path_targets,
     roll_out,
 )
+from core.sampling import draws_on_server
 
 
 def check_epsilon(epsilon) -> None:
@@ -52,10 +53,18 @@ def check_epsilon(epsilon) -> None:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
 
 
-def epsilon_sampler(epsilon: float) -> Sampling:
-    """ε-sampling (keep the tokens with p >= ε, always the most likely one), as MBR draws candidates."""
+def candidate_sampler(model, epsilon: float) -> Sampling:
+    """How MBR draws its candidates: ε-sampling (keep the tokens with p >= ε, always the most likely one);
+    on a served model, which samples on its server and has no ε-cutoff there, sampling from P itself."""
     check_epsilon(epsilon)
-    return Sampling(epsilon_cutoff=float(epsilon))
+    return Sampling() if draws_on_server(model) else Sampling(epsilon_cutoff=float(epsilon))
+
+
+def candidates_text(model, n: int, epsilon: float) -> str:
+    """The drawn candidates in words, for the method line."""
+    if draws_on_server(model):
+        return f"{n} sampled from P (the server has no ε-cutoff)"
+    return f"{n} ε-sampled, ε = {epsilon:g}"
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ class MBR:
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         pin_thread()
         drawn = sample_many(model, prompt, steps, self.n_candidates, derived_seed(seed, MBR_STREAM),
-                            epsilon_sampler(self.epsilon))
+                            candidate_sampler(model, self.epsilon))
         paths = list(extra) + drawn.paths()
         tokens, logp = path_targets(paths, steps, getattr(model, "eos_id", None))
         refs = self.n_references or self.n_candidates
@@ -134,6 +143,6 @@ class MBR:
             rollout, pool = None, Columns(tokens, logp, None, "fixed")
             how = "exact expected 0-1 loss 1 − P(candidate): the most probable candidate"
         index, losses = pick(self.goal, rollout, pool, slice(None))
-        method = (f"best of {len(paths)} candidates ({len(extra)} given + {self.n_candidates} ε-sampled, "
-                  f"ε = {self.epsilon:g}) by {how}")
+        method = (f"best of {len(paths)} candidates ({len(extra)} given + "
+                  f"{candidates_text(model, self.n_candidates, self.epsilon)}) by {how}")
         return MBRChoice(paths[index], index, len(paths), float(losses[index]), rollout is None, method)

@@ -202,6 +202,12 @@ class Step:
     history: torch.Tensor | None = None
 
 
+def draws_on_server(model) -> bool:
+    """Whether ``model`` samples on a server (``core.remote``; it has its own ``sample_groups``), so every
+    walk draws its rows there."""
+    return hasattr(model, "sample_groups")
+
+
 def walk(model: NextTokenModel, prompt: Sequence[int], steps: int, n: int, *, seed: int | None = None,
          sampler: Sampling | None = None, tokens: torch.Tensor | None = None) -> Iterator[Step]:
     """Drive n rows continuing ``prompt`` for ``steps`` tokens, one batched forward per step.
@@ -216,7 +222,7 @@ def walk(model: NextTokenModel, prompt: Sequence[int], steps: int, n: int, *, se
     A served model (one with its own ``sample_groups``, ``core.remote``) draws the rows on its server,
     so they are unbiased whatever truncation its reported rows have; the walk then teacher-forces them.
     """
-    if tokens is None and hasattr(model, "sample_groups"):
+    if tokens is None and draws_on_server(model):
         tokens = sample_groups(model, prompt, steps, [(n, check_seed(seed), sampler)])[0].tokens
     if tokens is None:
         gen = torch.Generator().manual_seed(check_seed(seed))
@@ -254,7 +260,7 @@ def sample_groups(model: NextTokenModel, prompt: Sequence[int], steps: int,
     only if a uniform falls within it of a bucket boundary).
     Groups share a walk up to ``GROUP_ROWS`` rows. ``observe(t, logprobs, tokens)``, if given, sees
     the first group's [n, V] log-probs and [n] tokens about to be appended at every step."""
-    if hasattr(model, "sample_groups"):  # a served model draws on its server (core.remote): unbiased rows
+    if draws_on_server(model):  # unbiased rows, whatever truncation the served rows have
         return model.sample_groups(prompt, steps, groups, observe)
     prompt = check_call(model, prompt, steps)
     if not groups:

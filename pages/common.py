@@ -191,6 +191,21 @@ def truncation_note(ctx: Context, outputs: Mapping[str, Sequence[int]]) -> str |
     return outputs_note(ctx.model, ctx.prompt_ids, outputs)
 
 
+def outside_cache(write) -> None:
+    """Run ``write`` (an update of an element created outside any cached function) as if no cached function
+    were running: progress reported from inside ``st.cache_data`` functions must not be recorded for replay
+    (Streamlit could not replay an element on a block the function did not create)."""
+    import contextvars
+
+    from streamlit.runtime.scriptrunner_utils.script_run_context import in_cached_function
+
+    def run() -> None:
+        in_cached_function.set(False)
+        write()
+
+    contextvars.copy_context().run(run)
+
+
 @contextlib.contextmanager
 def server_progress(ctx: Context | None, what: str):
     """While the block runs against a server, a line under the page's spinner counts the requests done."""
@@ -203,7 +218,8 @@ def server_progress(ctx: Context | None, what: str):
     start = getattr(ctx.model, "requests", 0)
 
     def show(done: int, unit: str) -> None:
-        line.caption(f"{what}: {getattr(ctx.model, 'requests', 0) - start} requests to the server so far ({unit})")
+        text = f"{what}: {getattr(ctx.model, 'requests', 0) - start} requests to the server so far ({unit})"
+        outside_cache(lambda: line.caption(text))
 
     with progress(show):
         yield

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from core.engine import DEFAULT_MODEL_DIR
+from core.toy import PRESETS
 from core.train import load_tokenizer
 
 PAGE = "../pages/models.py"
@@ -69,15 +70,17 @@ def forbidden_message(at, path) -> str:
     assert not at.exception and len(at.error) == 1
     return at.error[0].value.replace(str(path), "<path>")
 
+BUILTIN = ", ".join(["mtp", "smollm2", *(f"toy:{name}" for name in PRESETS)])
+FORBIDDEN = (f"unknown model source 'local:<path>'; allowed: {BUILTIN} (local models and servers the operator allows "
+             "are opened on the Models page)")
+
 
 def test_paths_outside_the_allow_list_get_one_message_that_reveals_nothing(allow, gpt2_dir, tmp_path):  # noqa: F811
     allow(local=[tmp_path / "allowed"])
     at = run_page()
     messages = {forbidden_message(at, p) for p in (gpt2_dir, tmp_path / "missing", "/etc", "/etc/passwd",
                                                    tmp_path / "allowed" / ".." / gpt2_dir.name)}
-    assert messages == {"unknown model source 'local:<path>'; allowed: mtp, smollm2, toy:E1, toy:E2, toy:hidden path, "
-                        "toy:SAT trap, toy:Markov chain (local models and servers the operator allows are opened on "
-                        "the Models page)"}
+    assert messages == {FORBIDDEN}
     assert at.session_state["source"] == "toy:E1"
 
 
@@ -87,10 +90,7 @@ def test_a_link_to_a_forbidden_local_path_gets_the_same_message(allow, gpt2_dir)
         at.session_state["source"] = f"local:{path}"  # as ?source=local:<path> sets it
         at.run()
         assert not at.exception
-        assert [e.value.replace(str(path), "<path>") for e in at.error] == [
-            "unknown model source 'local:<path>'; allowed: mtp, smollm2, toy:E1, toy:E2, toy:hidden path, "
-            "toy:SAT trap, toy:Markov chain (local models and servers the operator allows are opened on the Models "
-            "page)"]
+        assert [e.value.replace(str(path), "<path>") for e in at.error] == [FORBIDDEN]
 
 
 def test_loaded_model_becomes_a_source(allow, gpt2_dir):  # noqa: F811

@@ -14,7 +14,7 @@ from test_decoders import random_toys
 
 from core.decoders import Fixed, Greedy, Sampling
 from core.goals import DistributionMatch, Hamming, NGramHamming, ZeroOne
-from core.mbr import MBR, epsilon_sampler
+from core.mbr import MBR
 from core.risk import (
     approx_bayes_output,
     bayes_output,
@@ -152,9 +152,9 @@ def test_mbr_checks_and_its_candidates():
     import torch
 
     lp = torch.tensor([[0.5, 0.49, 0.01], [0.01, 0.01, 0.98]]).log()
-    warped = epsilon_sampler(0.02).warp(lp).exp()
+    warped = Sampling(epsilon_cutoff=0.02).warp(lp).exp()
     torch.testing.assert_close(warped, torch.tensor([[0.5 / 0.99, 0.49 / 0.99, 0.0], [0.0, 0.0, 1.0]]))
-    only = epsilon_sampler(0.9).warp(torch.tensor([[0.4, 0.35, 0.25]]).log()).exp()
+    only = Sampling(epsilon_cutoff=0.9).warp(torch.tensor([[0.4, 0.35, 0.25]]).log()).exp()
     torch.testing.assert_close(only, torch.tensor([[1.0, 0.0, 0.0]]))
     e1 = PRESETS["E1"].build()
     mbr = MBR(ZeroOne())

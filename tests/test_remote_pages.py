@@ -10,6 +10,8 @@ import pytest
 from pagetest import open_page
 from server_fixture import allow, llama_server, remote_smollm2  # noqa: F401
 
+from core.toy import PRESETS
+
 PROMPT = "The capital of France is"
 
 
@@ -39,10 +41,12 @@ def test_compare_on_a_server(served):
     at = open_page("compare", timeout=600, **served, cmp_n_samples=16, cmp_depth=1, cmp_beam=2, cmp_shown=1)
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
-    assert len(table) == 8 and table.loc[table["decoder"] == "greedy", "output"].item() == " Paris."
+    assert len(table) == 9 and table.loc[table["decoder"] == "greedy", "output"].item() == " Paris."
     note = next(i.value for i in at.info if "The server listed its top 20 tokens" in i.value)
     assert "Greedy: exact" in note and "truth rows are the server's own samples" in note
     assert "Monte Carlo" in " ".join(c.value for c in at.caption)
+
+BUILTIN = ", ".join(["mtp", "smollm2", *(f"toy:{name}" for name in PRESETS)])
 
 
 def test_a_link_to_a_server_outside_the_allow_list_gets_one_message(allow, llama_server):  # noqa: F811
@@ -50,8 +54,8 @@ def test_a_link_to_a_server_outside_the_allow_list_gets_one_message(allow, llama
     at = open_page("compare", source=f"server:{llama_server}", prompt=PROMPT, steps=2)
     assert not at.exception
     assert [e.value for e in at.error] == [
-        f"unknown model source 'server:{llama_server}'; allowed: mtp, smollm2, toy:E1, toy:E2, toy:hidden path, "
-        "toy:SAT trap, toy:Markov chain (local models and servers the operator allows are opened on the Models page)"]
+        f"unknown model source 'server:{llama_server}'; allowed: {BUILTIN} (local models and servers the operator "
+        "allows are opened on the Models page)"]
 
 
 def test_a_malformed_allow_list_is_named_not_hidden(allow, monkeypatch, tmp_path):  # noqa: F811

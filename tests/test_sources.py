@@ -9,6 +9,7 @@ import pytest
 
 from core import sources
 from core.sources import AllowList, ServerEntry, SourceNotAllowed
+from core.toy import PRESETS
 
 
 def allow_list(**env) -> AllowList:
@@ -29,9 +30,9 @@ def test_everything_else_gets_one_message(source):
     policy = AllowList((sources._root("/srv/models"),), (ServerEntry("http://gpu1:8000"),))
     with pytest.raises(SourceNotAllowed) as err:
         sources.check(source, policy)
-    assert str(err.value) == (f"unknown model source {source!r}; allowed: mtp, smollm2, toy:E1, toy:E2, "
-                              "toy:hidden path, toy:SAT trap, toy:Markov chain (local models and servers the operator "
-                              "allows are opened on the Models page)")
+    toys = ", ".join(f"toy:{name}" for name in PRESETS)
+    assert str(err.value) == (f"unknown model source {source!r}; allowed: mtp, smollm2, {toys} (local models and "
+                              "servers the operator allows are opened on the Models page)")
 
 
 def test_local_paths_inside_an_allowed_directory(tmp_path):
