@@ -57,9 +57,10 @@ def guard(key: str, what: str, request, requested: Mapping[str, int], predict: C
     for c in caps if fits else ():
         st.info(c.message(), icon="⏱️")
     if not fits:
+        over = (f"this section's {seconds_text(budget)} share of the {seconds_text(budget_seconds())} budget"
+                if share < 1 else f"the {seconds_text(budget)} budget")
         st.warning(f"{what} is predicted to take {seconds_text(predict(allowed))} on this machine even at its smallest "
-                   f"settings, over this section's {seconds_text(budget)} share of the "
-                   f"{seconds_text(budget_seconds())} budget per click, so it was not run.", icon="⏱️")
+                   f"settings, over {over} per click, so it was not run.", icon="⏱️")
     elif share < 1:
         st.caption(f"(This section's share of the {seconds_text(budget_seconds())} budget per click is "
                    f"{seconds_text(budget)}.)")

@@ -12,6 +12,7 @@ import math
 import pandas as pd
 import pytest
 import streamlit as st
+from lab_costs import uniform_costs
 from streamlit.testing.v1 import AppTest
 
 from core import lab_cost
@@ -214,14 +215,7 @@ def test_eos_toy_outputs_are_shown_padded(at):
 
 # ---- cost guards ------------------------------------------------------------------------------------
 
-SLOW = lab_cost.LabCost(  # a machine some 10x slower than a laptop: a link's huge settings must be capped
-    overhead_s=1e-3, output_s=((("chain", "output"), 1e-4), (("table", "output"), 1e-4),
-                               (("chain", "prefix"), 0.0), (("table", "prefix"), 0.0)),
-    truth_s=((("chain", ZeroOne()), 1e-5), (("table", ZeroOne()), 1e-5)),
-    per_output_s=((("chain", ZeroOne()), 1e-5), (("table", ZeroOne()), 1e-5)),
-    model_s=((("chain", "mixture"), 1e-5), (("table", "mixture"), 1e-5), (("chain", "learned"), 1e-5),
-             (("table", "learned"), 1e-5)),
-    mbr_s=(1e-3, 1e-3), draw_s=1e-4, sweep_s=1e-6)
+SLOW = uniform_costs(1e-3, 1e-4)  # a machine some 10x slower than a laptop: huge settings must be capped
 
 
 @pytest.fixture
