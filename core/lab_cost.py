@@ -46,7 +46,9 @@ class LabCost:
             a goal that enumerates the truth (once per call, e.g. 0-1 and KL on every toy).
         per_output_s: ((kind, goal), s): per output in the scored distribution.
         model_s: ((kind, family), s): per truth sequence, building one model q of the family.
-        mbr_s: (fixed, per step) seconds of one MBR run (32 candidates, as many references).
+        mbr_s: ((kind, "run"), s) and ((kind, "step"), s): one MBR run (32 candidates, as many references)
+            costs s per run plus s per step, on a model like a toy of ``kind`` (for tables: the models q
+            the Consistency page builds from them, which look prefixes up one by one).
         draw_s: per token of a seeded draw ("sample N times").
         sweep_s: per unit of the greedy-optimality sweep (``sweep_units``).
     Goals a field does not list cost the largest listed for the kind.
@@ -57,7 +59,7 @@ class LabCost:
     truth_s: tuple[tuple[tuple[str, object], float], ...]
     per_output_s: tuple[tuple[tuple[str, object], float], ...]
     model_s: tuple[tuple[tuple[str, str], float], ...]
-    mbr_s: tuple[float, float]
+    mbr_s: tuple[tuple[tuple[str, str], float], ...]
     draw_s: float
     sweep_s: float
 
@@ -90,7 +92,7 @@ class LabCost:
         n, kind = sequences(truth), toy_kind(truth)
         if decoder.is_random and not hasattr(decoder, "warp"):
             distinct = min(int(runs), n)
-            fixed, per_step = self.mbr_s
+            fixed, per_step = self._lookup(self.mbr_s, kind, "run"), self._lookup(self.mbr_s, kind, "step")
             scoring = sum(distinct * self.score(kind, g, 1, n) if g.pointwise else self.score(kind, g, distinct, n)
                           for g in goals)
             return self.overhead_s + runs * (fixed + per_step * steps) + scoring
@@ -192,17 +194,22 @@ def measure() -> LabCost:
             truth.append(((kind, g), one / n))
             per_output.append(((kind, g), max(every - one, 0.0) / n))
         model += [((kind, f), _typical(lambda f=f, toy=toy: build[f](toy)) / n) for f in FAMILIES]
-    mbr = MBR(Hamming())
-    short = _typical(lambda: mbr.decode(tiny, [], 2, seed=1))
-    long = _typical(lambda: mbr.decode(toys["chain"], [], steps, seed=1))
-    per_step = max(long - short, 0.0) / (steps - 2)
+    mbr, mbr_s = MBR(Hamming()), []
+    shorts = {"chain": random_markov_chain(v, 1.0, 2, seed=0),
+              "table": mixture_model(random_table(v, 2, seed=0), 0.1, 0)}
+    longs = {"chain": toys["chain"], "table": mixture_model(toys["table"], 0.1, 0)}
+    for kind in KINDS:
+        short = _typical(lambda m=shorts[kind]: mbr.decode(m, [], 2, seed=1))
+        long = _typical(lambda m=longs[kind]: mbr.decode(m, [], steps, seed=1))
+        per_step = max(long - short, 0.0) / (steps - 2)
+        mbr_s += [((kind, "run"), max(short - 2 * per_step, 0.0)), ((kind, "step"), per_step)]
     draws = 256
     draw = _typical(lambda: empirical_distribution(toys["chain"], Sampling(), steps, draws, 0)) / (draws * steps)
     states, alphas, chains, length = (2, 4, 8), (1.0,), 100, 8
     sweep = _typical(lambda: greedy_optimality_sweep(states, alphas, chains, length, seed=0))
     units = sweep_units(states, alphas, chains, length)
-    return LabCost(overhead, tuple(output), tuple(truth), tuple(per_output), tuple(model),
-                   (max(short - 2 * per_step, 0.0), per_step), draw, sweep / units)
+    return LabCost(overhead, tuple(output), tuple(truth), tuple(per_output), tuple(model), tuple(mbr_s), draw,
+                   sweep / units)
 
 
 @functools.cache

@@ -107,9 +107,9 @@ def floor(spec: tuple, goal) -> float:
 
 
 def settings_ui() -> tuple[str, str, list[str]]:
-    c1, c2, c3 = st.columns([3, 2, 2])
-    family = c1.segmented_control("q approaches p by", FAMILIES, format_func=FAMILY_LABELS.get, key="cs_family",
+    family = st.segmented_control("q approaches p by", FAMILIES, format_func=FAMILY_LABELS.get, key="cs_family",
                                   required=True)
+    c2, c3 = st.columns(2)
     if family == "mixture":
         c2.selectbox("Noise", NOISES, format_func=NOISE_LABELS.get, key="cs_noise",
                      help="What q mixes into p at every prefix: uniform noise never reorders a conditional's tokens "
@@ -226,8 +226,9 @@ requested = {"density": int(s.cs_density), **({"seeds": int(s.cs_seeds)} if fami
 order = [Setting(*x) for x in (("runs", "MBR runs per model q", MBR_RUNS[0], MBR_RUNS),
                                ("seeds", "Data sets per N", SEED_CHOICES[0], SEED_CHOICES),
                                ("density", "Grid points per decade", DENSITIES[0], DENSITIES)) if x[0] in requested]
-settings = guard("cs_curves", "Computing these curves", (spec, tuple(map(repr, decoders)), ctx.goal, family, noise, ctx.seed),
-                 requested, lambda c: predict(truth, decoders, ctx.goal, family, c), order)
+request = (spec, tuple(map(repr, decoders)), ctx.goal, family, noise, ctx.seed)
+settings = guard("cs_curves", "Computing these curves", request, requested,
+                 lambda c: predict(truth, decoders, ctx.goal, family, c), order)
 if settings is None:
     st.stop()
 xs = grid(family, settings["density"])

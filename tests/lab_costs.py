@@ -13,4 +13,5 @@ def uniform_costs(overhead_s: float, per_sequence_s: float, mbr_run_s: float = 1
     per_kind = lambda what, s: tuple(((kind, w), s) for kind in KINDS for w in what)  # noqa: E731
     return LabCost(overhead_s, per_kind(("output",), per_sequence_s) + per_kind(("prefix",), 0.0),
                    per_kind((ZeroOne(),), per_sequence_s / 10), per_kind((ZeroOne(),), per_sequence_s / 10),
-                   per_kind(("mixture", "learned"), per_sequence_s / 10), (mbr_run_s, mbr_run_s), draw_s, sweep_s)
+                   per_kind(("mixture", "learned"), per_sequence_s / 10), per_kind(("run", "step"), mbr_run_s),
+                   draw_s, sweep_s)
