@@ -17,6 +17,7 @@ they only decide which request runs.
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,9 +47,10 @@ class LabCost:
             a goal that enumerates the truth (once per call, e.g. 0-1 and KL on every toy).
         per_output_s: ((kind, goal), s): per output in the scored distribution.
         model_s: ((kind, family), s): per truth sequence, building one model q of the family.
-        mbr_s: ((kind, "run"), s) and ((kind, "step"), s): one MBR run (32 candidates, as many references)
-            costs s per run plus s per step, on a model like a toy of ``kind`` (for tables: the models q
-            the Consistency page builds from them, which look prefixes up one by one).
+        mbr_s: ((kind, (references, "run")), s) and ((kind, (references, "step")), s): one MBR run (32
+            candidates; with ``references`` True as many references, which every goal but 0-1 needs) costs s
+            per run plus s per step, on a model like a toy of ``kind`` (for tables: the models q the
+            Consistency page builds from them, which look prefixes up one by one).
         draw_s: per token of a seeded draw ("sample N times").
         sweep_s: per unit of the greedy-optimality sweep (``sweep_units``).
     Goals a field does not list cost the largest listed for the kind.
@@ -92,7 +94,8 @@ class LabCost:
         n, kind = sequences(truth), toy_kind(truth)
         if decoder.is_random and not hasattr(decoder, "warp"):
             distinct = min(int(runs), n)
-            fixed, per_step = self._lookup(self.mbr_s, kind, "run"), self._lookup(self.mbr_s, kind, "step")
+            refs = decoder.goal.needs_references(steps)
+            fixed, per_step = (self._lookup(self.mbr_s, kind, (refs, what)) for what in ("run", "step"))
             scoring = sum(distinct * self.score(kind, g, 1, n) if g.pointwise else self.score(kind, g, distinct, n)
                           for g in goals)
             return self.overhead_s + runs * (fixed + per_step * steps) + scoring
@@ -194,15 +197,16 @@ def measure() -> LabCost:
             truth.append(((kind, g), one / n))
             per_output.append(((kind, g), max(every - one, 0.0) / n))
         model += [((kind, f), _typical(lambda f=f, toy=toy: build[f](toy)) / n) for f in FAMILIES]
-    mbr, mbr_s = MBR(Hamming()), []
+    mbr_s = []
     shorts = {"chain": random_markov_chain(v, 1.0, 2, seed=0),
               "table": mixture_model(random_table(v, 2, seed=0), 0.1, 0)}
     longs = {"chain": toys["chain"], "table": mixture_model(toys["table"], 0.1, 0)}
-    for kind in KINDS:
-        short = _typical(lambda m=shorts[kind]: mbr.decode(m, [], 2, seed=1))
-        long = _typical(lambda m=longs[kind]: mbr.decode(m, [], steps, seed=1))
+    for kind, refs in itertools.product(KINDS, (False, True)):
+        mbr = MBR(Hamming() if refs else ZeroOne())
+        short = _typical(lambda m=shorts[kind], mbr=mbr: mbr.decode(m, [], 2, seed=1))
+        long = _typical(lambda m=longs[kind], mbr=mbr: mbr.decode(m, [], steps, seed=1))
         per_step = max(long - short, 0.0) / (steps - 2)
-        mbr_s += [((kind, "run"), max(short - 2 * per_step, 0.0)), ((kind, "step"), per_step)]
+        mbr_s += [((kind, (refs, "run")), max(short - 2 * per_step, 0.0)), ((kind, (refs, "step")), per_step)]
     draws = 256
     draw = _typical(lambda: empirical_distribution(toys["chain"], Sampling(), steps, draws, 0)) / (draws * steps)
     states, alphas, chains, length = (2, 4, 8), (1.0,), 100, 8

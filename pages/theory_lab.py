@@ -103,8 +103,11 @@ def more_samplers_ui(goal) -> tuple[list, bool]:
 def risk_how(row: dict, goal_col: str) -> str:
     if row["runs"] is None:
         return "exact"
-    return (f"estimated: mean of {row['runs']} seeded runs, 95% band [{row[f'{goal_col} (95% low)']:.4f}, "
-            f"{row[f'{goal_col} (95% high)']:.4f}]")
+    low, high, n = row[f"{goal_col} (95% low)"], row[f"{goal_col} (95% high)"], row["runs"]
+    text = f"estimated: mean of {n} seeded runs, 95% band [{low:.4f}, {high:.4f}]"
+    if low == high:  # the rule of three: an outcome never seen in n runs has probability < 3/n (95%)
+        text += f" (every run scored the same; outcomes rarer than 3/{n} may be unseen)"
+    return text
 
 
 def table_frame(rows: list[dict], truth, goals, goal_col: str) -> pd.DataFrame:
