@@ -27,7 +27,7 @@ from core.cost import Capped, fit
 
 REFERENCE_STATES, REFERENCE_LENGTH = 4, 6  # the reference toys: a chain and a table of 4^6 = 4096 sequences
 REPEATS = 3  # each timing is the median of this many runs (after one warm-up run)
-GROWTH = 0.25  # beyond the reference size, per-sequence costs grow like (N / 4096)^GROWTH (allocations, caches)
+GROWTH = 0.3  # beyond the reference size, per-sequence costs grow like (N / 4096)^GROWTH (allocations, caches)
 KINDS = ("chain", "table")  # Markov chains score Hamming / N-gram goals from marginals; tables enumerate
 
 

@@ -1,4 +1,6 @@
-"""Consistency: each decoder's exact risk under the truth p as the model q approaches p."""
+"""Consistency: each decoder's exact risk under the truth p as the model q approaches p. The page predicts
+its seconds first (``pages.lab_guard``: MBR runs, data sets per N and grid density are capped to the
+budget, or the full computation runs on request) and the curves fill in point by point."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Theory lab: small toy distributions where every risk is exact, to check the claims by enumeration."""
+"""Theory lab: small toy distributions where every risk is exact, to check the claims by enumeration.
+Every section predicts its seconds first (``pages.lab_guard``) and caps its settings to its share of the
+budget per click, or runs the full computation on request; the table fills in row by row."""
 
 from __future__ import annotations
 
