@@ -8,8 +8,9 @@ E1–E4 (= C1, C2, C9) are ``core.toy.PRESETS``; this module adds the toys and c
   when every reachable conditional is uniform on its support.
 * C11 ``hidden_path_toy``, ``mode_queries``: greedy finds the hidden mode for 2 of the 16 targets;
   a worst case needs all 8 last-step queries.
-* C13 ``greedy_certificate``, ``certificate_check``: the greedy-optimality certificate and its
-  zero-violation check on random trees.
+* C12 ``claim_eos``: with EOS the 0-1 mode is the empty output while greedy runs to the maximum length.
+* C13 ``certificate_check``: ``core.risk.greedy_certificate`` (the greedy-optimality certificate) and
+  its zero-violation check on random trees.
 * C14 ``sampling_consistency``: KL(P‖r_q) is the summed expected per-step KL; TV is at most the
   summed expected per-step TV.
 * C1/C2 read as consistency (``greedy_regrets``): greedy's regret does not vanish as q → p.
@@ -29,12 +30,13 @@ import numpy as np
 import torch
 
 from core.consistency import bayes_risk, mixture_model, risk_curve
-from core.decoders import Greedy, Lookahead, Sampling, best_first_search
+from core.decoders import Fixed, Greedy, Lookahead, Sampling, best_first_search
 from core.goals import DistributionMatch, Hamming, ZeroOne
-from core.risk import bayes_output, exact_risk, risk_table
-from core.toy import PRESETS, binary_tree, output_distribution, sequence_tempered
+from core.risk import CERTIFICATE_MARGIN, bayes_output, exact_risk, greedy_certificate, risk_table
+from core.toy import PRESETS, binary_tree, eos_toy, output_distribution, sequence_tempered
 
 LETTERS = "AB"
+EOS_MARK = "⏹"  # how an EOS token is shown in an output (outputs that ended are padded with it)
 C6_WORSE = (0.55, 0.45, 0.75, 0.5, 0.85, 0.6, 0.6)  # P(A | prefix), breadth first: root, A, B, AA, AB, BA, BB
 C6_BETTER = (0.45, 0.15, 0.55, 0.5, 0.95, 0.05, 0.55)
 C8_TREE = {(): 0.5, (0,): 0.5, (1,): 1.0}  # uniform at the root and after A; B is always followed by A
@@ -48,6 +50,14 @@ def word(tokens: Sequence[int]) -> str:
 
 def bits(tokens: Sequence[int]) -> str:
     return "".join(str(t) for t in tokens)
+
+
+def output_text(toy, tokens: Sequence[int]) -> str:
+    """An output of a toy in its token names (A, B, ... unless it names them), EOS as ``EOS_MARK``: an
+    output that ended early shows its padding, e.g. "a⏹⏹"."""
+    eos = getattr(toy, "eos_id", None)
+    name = getattr(toy, "token_text", None)
+    return "".join(EOS_MARK if t == eos else name(int(t)) if name else word([t]) for t in tokens)
 
 
 def _yes(flag: bool) -> str:
@@ -153,32 +163,6 @@ def mode_queries(truth) -> tuple[tuple[int, ...], int]:
 
 
 @dataclass(frozen=True)
-class Certificate:
-    """Greedy's path, its probability, the certificate's bound max_t P(ŷ_<t)·(second-largest
-    q(· | ŷ_<t)) on every other sequence, and whether it certifies greedy as the mode."""
-
-    greedy: tuple[int, ...]
-    p_greedy: float
-    bound: float
-
-    @property
-    def holds(self) -> bool:
-        return self.p_greedy >= self.bound
-
-
-def greedy_certificate(truth, steps: int | None = None) -> Certificate:
-    """The certificate of claims.md C13 on a toy: any sequence other than greedy's leaves greedy's path
-    at some t with a non-greedy token, so its probability is at most P(ŷ_<t)·(second-largest
-    q(· | ŷ_<t)); when P(greedy) is at least the largest such bound, greedy is a mode."""
-    steps = truth.length if steps is None else steps
-    path = Greedy().decode(truth, [], steps)
-    rows = truth.logprobs([list(path.tokens[:t]) for t in range(steps)]).double().exp()
-    second = rows.topk(2, dim=1).values[:, 1] if rows.shape[1] > 1 else torch.zeros(steps, dtype=torch.float64)
-    prefix_p = np.exp(np.concatenate([[0.0], np.cumsum(path.step_logprobs[:-1])]))
-    return Certificate(path.tokens, math.exp(path.logprob), float(np.max(prefix_p * second.numpy())))
-
-
-@dataclass(frozen=True)
 class CertificateCheck:
     """On ``n`` random trees: how often the certificate held, how often greedy was a mode, and the
     violations (certified but not a mode; must be 0)."""
@@ -192,16 +176,20 @@ class CertificateCheck:
 
 
 def certificate_check(n_trees: int, length: int, alpha: float, seed: int) -> CertificateCheck:
-    """The certificate against the exact mode (best-first search) on random binary trees."""
+    """``core.risk.greedy_certificate`` against the exact mode (best-first search) on random binary trees."""
     certified = is_mode = violations = 0
     for tree in random_trees(n_trees, length, seed, alpha=alpha):
-        cert = greedy_certificate(tree)
-        mode_p = tree.prob(bayes_output(ZeroOne(), tree, length))
-        greedy_ok = cert.p_greedy >= mode_p * (1 - TOLERANCE)
+        cert = greedy_certificate(tree, [], length)
+        greedy_ok = greedy_is_exact_mode(tree, cert.tokens)
         certified += cert.holds
         is_mode += greedy_ok
         violations += cert.holds and not greedy_ok
     return CertificateCheck(n_trees, length, alpha, certified, is_mode, violations)
+
+
+def greedy_is_exact_mode(truth, greedy: Sequence[int]) -> bool:
+    """Whether the output ``greedy`` is a most probable sequence of the toy (within a relative 1e-12)."""
+    return truth.prob(greedy) >= truth.prob(bayes_output(ZeroOne(), truth, truth.length)) * (1 - TOLERANCE)
 
 
 # ---- C14: sampling is quantitatively consistent ------------------------------------------------
@@ -446,16 +434,47 @@ def claim_hidden_path() -> Claim:
         tuple(rows), holds)
 
 
+C12_P_EOS = 0.4
+C12_LENGTHS = (3, 5, 10)
+
+
+def claim_eos() -> Claim:
+    rows, holds = [], True
+    for length in C12_LENGTHS:
+        toy = eos_toy(C12_P_EOS, length)
+        greedy = Greedy().decode(toy, [], length).tokens
+        mode = bayes_output(ZeroOne(), toy, length)
+        marginal = bayes_output(Hamming(), toy, length)
+        eos, a = toy.eos_id, 1 - toy.eos_id
+        rows.append({"L": length, "mode (0-1)": output_text(toy, mode), "P(mode)": toy.prob(mode),
+                     "greedy": output_text(toy, greedy), "P(greedy)": toy.prob(greedy),
+                     "0-1 regret of greedy": toy.prob(mode) - toy.prob(greedy),
+                     "Hamming-optimal": output_text(toy, marginal),
+                     "Hamming risk of greedy": exact_risk(Hamming(), toy, Greedy(), length),
+                     "Hamming risk of the mode": exact_risk(Hamming(), toy, Fixed(mode), length)})
+        holds &= (mode == (eos,) * length and abs(toy.prob(mode) - C12_P_EOS) < TOLERANCE
+                  and greedy == (a,) * length and abs(toy.prob(greedy) - (1 - C12_P_EOS) ** length) < TOLERANCE)
+    first = rows[0]
+    return Claim(
+        "C12", "With EOS, the 0-1 mode is the empty output: greedy and the mode drift apart as the length grows.",
+        f"Tokens a and EOS ({EOS_MARK}), p(EOS) = {C12_P_EOS:g} at every step, at most L tokens; an output that ended "
+        f"is padded with {EOS_MARK}. The mode is the empty output {first['mode (0-1)']} (EOS at once, "
+        f"P = {first['P(mode)']:.2f}) for every L, while greedy emits a^L: P = "
+        + ", ".join(f"{r['P(greedy)']:.3g} (L = {r['L']})" for r in rows)
+        + f". The Hamming-optimal output stops after one a ({first['Hamming-optimal']}).",
+        tuple(rows), holds)
+
+
 CERTIFICATE_CASES = ((3, 0.3), (5, 0.3), (5, 1.0))
 
 
 def claim_certificate(n_trees: int = 300, seed: int = 0) -> Claim:
     rows = []
     for name, tree in (("E1", PRESETS["E1"].build()), ("C6 (worse)", binary_tree(list(C6_WORSE), 3))):
-        cert = greedy_certificate(tree)
-        is_mode = cert.p_greedy >= tree.prob(bayes_output(ZeroOne(), tree, tree.length)) * (1 - TOLERANCE)
-        rows.append({"toy": name, "greedy": word(cert.greedy), "P(greedy)": cert.p_greedy, "bound": cert.bound,
-                     "certified": _yes(cert.holds), "greedy is the mode": _yes(is_mode), "violations": None})
+        cert = greedy_certificate(tree, [], tree.length)
+        rows.append({"toy": name, "greedy": word(cert.tokens), "P(greedy)": math.exp(cert.logprob),
+                     "bound": math.exp(cert.bound), "certified": _yes(cert.holds),
+                     "greedy is the mode": _yes(greedy_is_exact_mode(tree, cert.tokens)), "violations": None})
     checks = [certificate_check(n_trees, n, a, seed + i) for i, (n, a) in enumerate(CERTIFICATE_CASES)]
     for c in checks:
         rows.append({"toy": f"{c.n} random trees, n={c.length}, Beta({c.alpha:g},{c.alpha:g})", "greedy": None,
@@ -466,7 +485,8 @@ def claim_certificate(n_trees: int = 300, seed: int = 0) -> Claim:
              and rows[1]["certified"] == "no" and all(c.violations == 0 for c in checks))
     return Claim(
         "C13", "A certificate that greedy is the mode (sufficient, not necessary).",
-        "If P(greedy) ≥ max_t P(ŷ_<t)·(second-largest q(·|ŷ_<t)), greedy is the mode. On E1 it fails "
+        "If P(greedy) ≥ max_t P(ŷ_<t)·(second-largest q(·|ŷ_<t)), greedy is the mode (checked as the Compare page "
+        f"checks it, with a margin of {CERTIFICATE_MARGIN:g} in log-probability). On E1 it fails "
         f"(bound {e1['bound']:.2f} > P(AA) = {e1['P(greedy)']:.2f}), as it must; on the first C6 tree greedy is the "
         "mode but the certificate cannot tell. Random trees (P(A | prefix) ~ Beta): "
         + "; ".join(f"n={c.length}, Beta({c.alpha:g},{c.alpha:g}): certified {c.certified} of {c.n}, greedy is the "
@@ -502,7 +522,7 @@ def claim_sampling_consistent() -> Claim:
 CLAIMS: dict[str, Callable[[], Claim]] = {
     "E1": claim_e1, "E2": claim_e2, "temperature": claim_temperature, "C1/C2": claim_greedy_inconsistent,
     "C6": claim_lookahead, "C7": claim_sat, "C8": claim_temperature_harmless, "C11": claim_hidden_path,
-    "C13": claim_certificate, "C14": claim_sampling_consistent,
+    "C12": claim_eos, "C13": claim_certificate, "C14": claim_sampling_consistent,
 }
 
 

@@ -19,13 +19,18 @@ approach it, indexed by x:
 
 The risk of a decoder at x is exact under p: the decoder's output distribution r on q
 (``core.toy.output_distribution``: a point mass for deterministic decoders, enumerated for
-samplers), scored under p by ``risk_under`` (pointwise goals: Σ_ŷ r(ŷ)·(exact risk of ŷ under p);
-distribution matching: the divergence between p and r). ``core.risk.exact_risk`` instead scores a
-decoder under the model it decodes; here decoding and scoring use different distributions.
+samplers), scored under p by the goal's own exact risk of an output distribution
+(``goal.exact_risk(p, steps, r)``: pointwise goals Σ_ŷ r(ŷ)·E_p loss(ŷ, Y), distribution matching the
+divergence between p and r), through ``risk_under``. ``core.risk.exact_risk`` instead scores a decoder
+under the model it decodes; here decoding and scoring use different distributions.
+
+With an EOS id (e.g. the C12 toy) outputs are padded with EOS after their first EOS, as every goal
+scores them, and the models q keep EOS absorbing: after EOS they emit EOS for sure, like p.
 
 Adding a decoder needs nothing here: anything with ``decode``/``is_random`` works. Deterministic
 decoders and samplers with ``warp`` are exact; other random decoders (MBR) are run ``n_draws`` times
-per model and their risk estimated (see ``risk_curve``).
+per model and their risk estimated (see ``risk_curve``). ``risk_row`` scores one decoder on the truth
+itself under several goals at once (the Theory lab's table).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import stats
 
 from core.decoders import Fixed, Sampling
+from core.protocol import pad_after_eos, point_mass
 from core.risk import bayes_output, exact_risk
 from core.toy import ENUMERATION_LIMIT, MarkovChain, output_distribution
 
@@ -49,14 +56,30 @@ LEARNED_ALPHA = 0.5  # add-1/2 smoothing of the counts (Krichevsky–Trofimov)
 N_SEEDS = 20  # data sets per N in the learned family
 N_DRAWS = 64  # runs per model q of a random decoder whose output distribution is not enumerable
 MAX_N = 10**7  # largest training-set size on a learned grid
-MIXTURE_GRID = tuple(10 ** (-k / 2) for k in range(9))  # ε = 1 … 1e-4, two points per decade
-LEARNED_GRID = tuple(round(10 ** (1 + k / 2)) for k in range(9))  # N = 10 … 1e5, two points per decade
+DECADES = 4  # ε from 1 to 1e-4, N from 10 to 1e5
+DENSITIES = (1, 2, 4)  # grid points per decade a page may ask for
+MIXTURE_GRID = tuple(10 ** (-k / 2) for k in range(2 * DECADES + 1))  # ε = 1 … 1e-4, two points per decade
+LEARNED_GRID = tuple(round(10 ** (1 + k / 2)) for k in range(2 * DECADES + 1))  # N = 10 … 1e5, two per decade
 
 
 def default_grid(family: str) -> tuple:
     """The page's grid for a family: ε from 1 to 1e-4, or N from 10 to 10^5, two points per decade."""
     _check_family(family)
     return MIXTURE_GRID if family == "mixture" else LEARNED_GRID
+
+
+def grid(family: str, per_decade: int = 2) -> tuple:
+    """ε from 1 to 1e-4 (mixture) or N from 10 to 10^5 (learned, rounded), ``per_decade`` points per
+    decade (one of ``DENSITIES``), evenly on a log scale; ``default_grid`` at 2."""
+    _check_family(family)
+    if per_decade not in DENSITIES:
+        raise ValueError(f"per_decade must be one of {', '.join(map(str, DENSITIES))}, got {per_decade!r}")
+    if per_decade == 2:
+        return default_grid(family)
+    ks = range(per_decade * DECADES + 1)
+    if family == "mixture":
+        return tuple(10 ** (-k / per_decade) for k in ks)
+    return tuple(round(10 ** (1 + k / per_decade)) for k in ks)
 
 
 # ---- models q -----------------------------------------------------------------------------------
@@ -66,15 +89,18 @@ class PrefixModel:
     """A model over sequences of one fixed length, given by its next-token distribution after every
     prefix: ``levels[t]`` is [V^t, V], row i the distribution after the prefix whose base-V digits
     (first token most significant) are i. A ``NextTokenModel`` the decoders and
-    ``output_distribution`` accept, like the toys."""
+    ``output_distribution`` accept, like the toys. With an ``eos_id``, every prefix that contains EOS
+    continues with EOS for sure (whatever its level says), as a toy's does."""
 
-    eos_id = None
-
-    def __init__(self, levels: Sequence[np.ndarray]):
+    def __init__(self, levels: Sequence[np.ndarray], eos_id: int | None = None):
         self.vocab_size = int(levels[0].shape[1])
         self.length = len(levels)
+        if eos_id is not None and not (isinstance(eos_id, int | np.integer) and 0 <= eos_id < self.vocab_size):
+            raise ValueError(f"eos_id must be None or a token in 0..{self.vocab_size - 1}, got {eos_id!r}")
+        self.eos_id = None if eos_id is None else int(eos_id)
         with np.errstate(divide="ignore"):
             self._logcond = [torch.from_numpy(np.log(np.asarray(level, dtype=np.float64))) for level in levels]
+        self._ended = None if eos_id is None else point_mass(self._logcond[0][0], self.eos_id)
 
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """[B, V] float64 log q(. | prefix); prefixes are the tokens so far (length 0..length-1)."""
@@ -83,6 +109,9 @@ class PrefixModel:
             if len(prefix) >= self.length or any(not 0 <= t < self.vocab_size for t in prefix):
                 raise ValueError(f"a prefix must have length 0..{self.length - 1} and tokens in "
                                  f"0..{self.vocab_size - 1}, got {tuple(prefix)}")
+            if self._ended is not None and self.eos_id in prefix:
+                rows.append(self._ended)
+                continue
             index = 0
             for t in prefix:
                 index = index * self.vocab_size + int(t)
@@ -121,9 +150,16 @@ def mixture_model(truth, eps: float, seed: int, noise: str = "dirichlet"):
 
     if isinstance(truth, MarkovChain):
         init, trans = draw(1)[0], draw(v)
-        return MarkovChain((1 - eps) * truth.initial + eps * init, (1 - eps) * truth.transition + eps * trans,
-                           truth.length)
-    return PrefixModel([(1 - eps) * p + eps * draw(len(p)) for p in _truth_levels(truth)])
+        return _chain_like(truth, (1 - eps) * truth.initial + eps * init, (1 - eps) * truth.transition + eps * trans)
+    return PrefixModel([(1 - eps) * p + eps * draw(len(p)) for p in _truth_levels(truth)], truth.eos_id)
+
+
+def _chain_like(truth, initial: np.ndarray, transition: np.ndarray) -> MarkovChain:
+    """A chain q of the truth's length, EOS id and token names; with an EOS id its EOS row absorbs."""
+    if truth.eos_id is not None:
+        transition = transition.copy()
+        transition[truth.eos_id] = np.eye(truth.vocab_size)[truth.eos_id]
+    return MarkovChain(initial, transition, truth.length, eos_id=truth.eos_id, token_names=truth.token_names)
 
 
 def learned_model(truth, n: int, seed: int, alpha: float = LEARNED_ALPHA):
@@ -145,14 +181,14 @@ def learned_model(truth, n: int, seed: int, alpha: float = LEARNED_ALPHA):
         np.add.at(init, seqs[:, 0], counts)
         for t in range(1, length):
             np.add.at(trans, (seqs[:, t - 1], seqs[:, t]), counts)
-        return MarkovChain(smooth(init), smooth(trans), length)
+        return _chain_like(truth, smooth(init), smooth(trans))
     levels = []
     for t in range(length):
         index = seqs[:, :t] @ (v ** np.arange(t - 1, -1, -1)) if t else np.zeros(len(seqs), dtype=np.int64)
         c = np.zeros((v**t, v))
         np.add.at(c, (index, seqs[:, t]), counts)
         levels.append(smooth(c))
-    return PrefixModel(levels)
+    return PrefixModel(levels, truth.eos_id)
 
 
 def data_seed(seed: int, n: int, i: int) -> int:
@@ -170,22 +206,19 @@ def draw_seed(seed: int, i: int) -> int:
 
 
 def risk_under(goal, truth, r: Mapping[tuple[int, ...], float], steps: int, memo: dict | None = None) -> float:
-    """The exact risk under the toy ``truth`` of outputs distributed as ``r`` ({output: probability},
-    e.g. a decoder's output distribution on another model q). Pointwise goals: Σ_ŷ r(ŷ)·E_p loss(ŷ, Y)
-    (each term ``exact_risk`` of the fixed output ŷ). Distribution matching: the divergence between
-    p's distribution of its first ``steps`` tokens and r. ``memo``: a dict to pass again to calls with
-    the same goal, truth and steps, so they reuse those terms (or p's distribution)."""
-    memo = {} if memo is None else memo
-    if not goal.pointwise:
-        if "p" not in memo:
-            memo["p"] = output_distribution(Sampling(), truth, steps)
-        return goal.between(memo["p"], r)
-    terms = []
-    for y, w in r.items():
-        if y not in memo:
-            memo[y] = exact_risk(goal, truth, Fixed(y), steps)
-        terms.append(w * memo[y])
-    return math.fsum(terms)
+    """The exact risk under the toy ``truth`` of outputs of ``steps`` tokens distributed as ``r``
+    ({output: probability}, outputs padded after EOS; e.g. a decoder's output distribution on another
+    model q): the goal's own ``exact_risk`` of an output distribution (pointwise goals:
+    Σ_ŷ r(ŷ)·E_p loss(ŷ, Y); distribution matching: the divergence between p's distribution of its first
+    ``steps`` tokens and r). ``memo``: a dict to pass again to calls with the same goal, truth and steps;
+    the risks of point masses are kept there (a seeded decoder's runs repeat their outputs)."""
+    if memo is not None and len(r) == 1:
+        (y, w), = r.items()
+        if w == 1.0:
+            if y not in memo:
+                memo[y] = goal.exact_risk(truth, steps, {y: 1.0})
+            return memo[y]
+    return goal.exact_risk(truth, steps, r)
 
 
 def bayes_risk(goal, truth, steps: int) -> float:
@@ -211,6 +244,43 @@ def _mean_band(values: np.ndarray) -> tuple[float, float, float]:
     return mean, max(mean - half, 0.0), mean + half
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """What a decoder outputs on a model: its exact output distribution (``runs`` None), or the outputs
+    of ``runs`` seeded runs (``draw_seed(seed, i)``) with their empirical distribution. Outputs are
+    padded after EOS."""
+
+    distribution: dict[tuple[int, ...], float]
+    runs: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.runs is None
+
+
+def decode_outputs(model, decoder, steps: int, seed: int = 0, n_draws: int = N_DRAWS) -> Decoded:
+    """``decoder``'s outputs of ``steps`` tokens on ``model``: exact when ``is_enumerable(decoder)``,
+    else ``n_draws`` seeded runs."""
+    if is_enumerable(decoder):
+        return Decoded(output_distribution(decoder, model, steps))
+    eos = getattr(model, "eos_id", None)
+    runs = tuple(pad_after_eos(decoder.decode(model, [], steps, seed=draw_seed(seed, i)).tokens, steps, eos)
+                 for i in range(n_draws))
+    return Decoded({y: c / n_draws for y, c in sorted(Counter(runs).items())}, runs)
+
+
+def score_outputs(goal, truth, decoded: Decoded, steps: int, memo: dict | None = None) -> tuple[float, float, float]:
+    """(risk, low, high) under the toy ``truth`` of ``decoded`` outputs: exact (low == high) for an
+    exact distribution; for seeded runs under a pointwise goal the mean of the runs' exact risks with
+    its 95% t-interval, and under distribution matching the divergence of the runs' empirical
+    distribution (a plug-in estimate, low == high). ``memo`` as in ``risk_under``."""
+    memo = {} if memo is None else memo
+    if decoded.exact or not goal.pointwise:
+        risk = risk_under(goal, truth, decoded.distribution, steps, memo)
+        return risk, risk, risk
+    return _mean_band(np.array([risk_under(goal, truth, {y: 1.0}, steps, memo) for y in decoded.runs]))
+
+
 def decoded_risk(truth, model, decoder, goal, steps: int, seed: int = 0, n_draws: int = N_DRAWS,
                  memo: dict | None = None) -> tuple[float, float, float]:
     """(risk, low, high): the risk under the toy ``truth`` of ``decoder`` run on ``model`` (a q, or the
@@ -218,15 +288,29 @@ def decoded_risk(truth, model, decoder, goal, steps: int, seed: int = 0, n_draws
     ``n_draws`` seeded runs (``draw_seed(seed, i)``) of their exact risks with its 95% t-interval, or for
     distribution matching the divergence of the runs' empirical distribution (low == high). ``memo``
     as in ``risk_under``."""
-    memo = {} if memo is None else memo
-    if is_enumerable(decoder):
-        risk = risk_under(goal, truth, output_distribution(decoder, model, steps), steps, memo)
-        return risk, risk, risk
-    outputs = [decoder.decode(model, [], steps, seed=draw_seed(seed, i)).tokens for i in range(n_draws)]
-    if not goal.pointwise:
-        risk = risk_under(goal, truth, {y: c / n_draws for y, c in Counter(outputs).items()}, steps, memo)
-        return risk, risk, risk
-    return _mean_band(np.array([risk_under(goal, truth, {y: 1.0}, steps, memo) for y in outputs]))
+    return score_outputs(goal, truth, decode_outputs(model, decoder, steps, seed, n_draws), steps, memo)
+
+
+def risk_row(goals: Sequence, truth, decoder, steps: int, seed: int = 0, n_draws: int = N_DRAWS,
+             label: str | None = None) -> dict:
+    """One row of the Theory lab's table: ``decoder`` run on the toy ``truth`` itself and scored under
+    every goal of ``goals`` (its outputs computed once). Keys: "decoder" (``label`` or the decoder's),
+    "output" (the tokens, or None for a random decoder), "runs" (None when exact, else ``n_draws``:
+    the seeded runs behind an estimate), and per goal its name (the risk) and "<name> (95% low)" /
+    "<name> (95% high)" (equal to the risk where it is exact or a plug-in)."""
+    decoded = decode_outputs(truth, decoder, steps, seed, n_draws)
+    row = {"decoder": label or decoder.label, "output": None if decoder.is_random else next(iter(decoded.distribution)),
+           "runs": None if decoded.exact else len(decoded.runs)}
+    for goal in goals:
+        risk, low, high = score_outputs(goal, truth, decoded, steps)
+        row.update({goal.name: risk, f"{goal.name} (95% low)": low, f"{goal.name} (95% high)": high})
+    return row
+
+
+def bayes_rows(goals: Sequence, truth, steps: int) -> list[dict]:
+    """``risk_row`` of every pointwise goal's Bayes output, labelled "Bayes output (<goal>)"."""
+    return [risk_row(goals, truth, Fixed(bayes_output(g, truth, steps)), steps, label=f"Bayes output ({g.name})")
+            for g in goals if g.pointwise]
 
 
 def risk_curve(truth, decoder, goal, family: str, grid: Sequence[float], steps: int, seed: int, *,
@@ -256,7 +340,7 @@ def risk_curve(truth, decoder, goal, family: str, grid: Sequence[float], steps: 
     for name, value in (("n_seeds", n_seeds), ("n_draws", n_draws)):
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2 (a band needs a spread), got {value!r}")
-    memo: dict = {}
+    memo: dict = {}  # the same goal, truth and steps throughout: point masses' risks are shared
     risk_of = lambda q: decoded_risk(truth, q, decoder, goal, steps, seed, n_draws, memo)
     if family == "mixture":
         return [(eps, *risk_of(mixture_model(truth, eps, seed, noise))) for eps in grid]

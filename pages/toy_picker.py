@@ -1,15 +1,20 @@
-"""Choosing an exact toy on a page (Theory lab, Consistency): a named toy (the presets and the claim
-toys), a binary tree edited by its conditionals, or a random Markov chain. Widgets only; the toys
-come from core. Each page passes its own key prefix, so the two pages keep separate choices."""
+"""What the lab pages (Theory lab, Consistency) let a user pick: an exact toy — a named toy (the presets
+and the claim toys), a binary tree edited by its conditionals, or a random Markov chain — and samplers
+from the warper chain (``core.warpers.CHAIN``), each with its parameter. Widgets only; toys and samplers
+come from core. Each page passes its own key prefix, so the two pages keep separate choices. Outputs are
+shown with ``core.claims.output_text`` (EOS as ⏹, an output that ended padded with it); ``eos_note`` says so."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import streamlit as st
 
-from core.claims import named_toys
+from core.claims import EOS_MARK, named_toys
+from core.decoders import Sampling
 from core.toy import binary_tree, random_markov_chain
+from core.warpers import CHAIN
 from pages.common import check_state, in_range
 
 KINDS = ("Preset", "Binary tree", "Markov chain")
@@ -92,3 +97,62 @@ def check_goal_fits(goal, length: int) -> None:
         except ValueError:
             raise ValueError(f"N (the N-gram window) must be from 1 to the toy's length {length}, got "
                              f"{st.session_state.get('ngram_n')}") from None
+
+
+# ---- outputs --------------------------------------------------------------------------------------
+
+
+def eos_note(truth) -> str:
+    """A sentence for toys with an EOS token (else ""): outputs are padded after EOS."""
+    if getattr(truth, "eos_id", None) is None:
+        return ""
+    return (f"{EOS_MARK} is EOS: an output that ends early is padded with {EOS_MARK} after its EOS, up to the toy's "
+            f"length {truth.length} (so {EOS_MARK * truth.length} is the empty output), and every goal scores it so "
+            "padded.")
+
+
+# ---- samplers from the warper chain -----------------------------------------------------------------
+
+
+def warper_label(cls) -> str:
+    """A warper's sampler in words, e.g. "min-p", "top-nσ (not in transformers)"."""
+    title = "temperature τ" if cls.arg() == "temperature" else cls.title
+    return title if cls.in_transformers else f"{title} (not in transformers)"
+
+
+def warper_value_ok(cls, value) -> bool:
+    """Whether ``value`` is a valid parameter of the warper (its own bounds)."""
+    try:
+        cls(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def warper_rule(cls) -> tuple:
+    """A ``check_state`` rule for the warper's parameter."""
+    return (warper_label(cls), lambda v: warper_value_ok(cls, v), cls.allowed().removeprefix("None or "))
+
+
+def warper_input(container, cls, key: str) -> None:
+    """A number input for the warper's parameter (its bounds, its help)."""
+    low, high, low_in, high_in = cls.bounds
+    if cls.integer:
+        step, fmt = 1, "%d"
+    else:
+        step, fmt = 10 ** math.floor(math.log10(abs(cls.example))) / 10, "%g"
+    container.number_input(warper_label(cls), min_value=low if low_in else None,
+                           max_value=high if high_in and math.isfinite(high) else None, step=step, format=fmt,
+                           key=key, help=cls.help)
+
+
+def warper_sampler(cls, value) -> Sampling:
+    """``Sampling`` with this one warper at ``value`` (τ = 1 otherwise)."""
+    return Sampling(**{cls.arg(): int(value) if cls.integer else float(value)})
+
+
+def sampler_classes() -> list:
+    """The warpers in the order the pages offer them: temperature, top-k, top-p, then the rest of ``CHAIN``."""
+    first = [c for c in CHAIN if c.arg() in ("temperature", "top_k", "top_p")]
+    return sorted(first, key=lambda c: ("temperature", "top_k", "top_p").index(c.arg())) + [
+        c for c in CHAIN if c not in first]

@@ -1,5 +1,5 @@
 """The claims of ../shared/claims.md that core.claims builds (C1/C2 as consistency, C6, C7, C8, C11,
-C13, C14), each against its stated numbers, plus the checks on random toys behind them."""
+C12, C13, C14), each against its stated numbers, plus the checks on random toys behind them."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from core.claims import (
     C6_WORSE,
     C8_TREE,
     CLAIM_TOYS,
+    EOS_MARK,
     all_claims,
     certificate_check,
-    greedy_certificate,
+    greedy_is_exact_mode,
     greedy_regrets,
     hidden_path_toy,
     mode_queries,
     named_toys,
+    output_text,
     random_trees,
     sampling_consistency,
     sat_toy,
@@ -30,8 +32,8 @@ from core.claims import (
 from core.consistency import learned_model, mixture_model
 from core.decoders import Greedy, Lookahead
 from core.goals import Hamming, ZeroOne
-from core.risk import bayes_output, exact_risk
-from core.toy import PRESETS, binary_tree, random_markov_chain, random_table
+from core.risk import bayes_output, exact_risk, greedy_certificate, greedy_is_mode
+from core.toy import PRESETS, binary_tree, eos_toy, random_markov_chain, random_table
 
 A, B = 0, 1
 
@@ -109,24 +111,59 @@ def test_c11_hidden_path_greedy_finds_two_of_sixteen_and_the_worst_case_needs_ei
     assert max(queries) == 8
 
 
+def test_c12_eos_mode_is_the_empty_output_and_greedy_runs_to_the_end():
+    for length, p_greedy in ((3, .216), (5, .07776), (10, .6**10)):
+        toy = eos_toy(0.4, length)
+        eos = toy.eos_id
+        assert bayes_output(ZeroOne(), toy, length) == (eos,) * length  # the empty output, padded
+        assert toy.prob((eos,)) == toy.prob((eos,) * length) == pytest.approx(.4, abs=1e-15)
+        greedy = Greedy().decode(toy, [], length).tokens
+        assert greedy == (1 - eos,) * length and toy.prob(greedy) == pytest.approx(p_greedy, abs=1e-15)
+        assert exact_risk(ZeroOne(), toy, Greedy(), length) == pytest.approx(1 - p_greedy, abs=1e-12)
+    toy = eos_toy(0.4, 3)
+    assert bayes_output(Hamming(), toy, 3) == (0, 1, 1)  # P(Y2 = a) = .36 < .5: stop after one a
+    assert exact_risk(Hamming(), toy, Greedy(), 3) == pytest.approx(.4 + .64 + .784)
+    assert output_text(toy, (0, 1, 1)) == f"a{EOS_MARK}{EOS_MARK}" and output_text(toy, (1, 1, 1)) == EOS_MARK * 3
+    assert output_text(PRESETS["E1"].build(), (1, 0)) == "BA"
+    c12 = all_claims()["C12"]
+    assert c12.holds and [r["L"] for r in c12.rows] == [3, 5, 10]
+    assert [r["P(greedy)"] for r in c12.rows] == pytest.approx([.216, .07776, .6**10], abs=1e-15)
+    assert all(r["P(mode)"] == pytest.approx(.4) for r in c12.rows)
+    assert "0.216 (L = 3), 0.0778 (L = 5), 0.00605 (L = 10)" in c12.evidence
+    assert c12.rows[0]["mode (0-1)"] == "⏹⏹⏹" and c12.rows[0]["greedy"] == "aaa"
+
+
 def test_c13_certificate_numbers_and_zero_violations_on_random_trees():
-    e1 = greedy_certificate(PRESETS["E1"].build())
-    assert e1.greedy == (A, A) and e1.p_greedy == pytest.approx(.33) and e1.bound == pytest.approx(.4)
-    assert not e1.holds
-    peaked = greedy_certificate(binary_tree([0.9, 0.9, 0.5], 2))
-    assert peaked.holds and peaked.p_greedy == pytest.approx(.81) and peaked.bound == pytest.approx(.1)
+    e1 = greedy_certificate(PRESETS["E1"].build(), [], 2)
+    assert e1.tokens == (A, A) and math.exp(e1.logprob) == pytest.approx(.33)
+    assert math.exp(e1.bound) == pytest.approx(.4) and not e1.holds
+    peaked = greedy_certificate(binary_tree([0.9, 0.9, 0.5], 2), [], 2)
+    assert peaked.holds and math.exp(peaked.logprob) == pytest.approx(.81)
+    assert math.exp(peaked.bound) == pytest.approx(.1)
     for length, alpha, seed in [(2, 0.3, 0), (3, 0.3, 1), (4, 1.0, 2), (5, 0.2, 3)]:
         check = certificate_check(150, length, alpha, seed)
         assert check.violations == 0 and 0 < check.certified <= check.greedy_is_mode <= check.n
+
+
+def test_c13_certificate_check_agrees_with_greedy_is_mode_on_the_random_trees():
+    for length, alpha, seed in [(3, 0.3, 0), (5, 0.3, 1), (5, 1.0, 2)]:
+        trees = random_trees(100, length, seed, alpha=alpha)
+        certified = [greedy_is_mode(tree, [], length) for tree in trees]
+        assert set(certified) <= {True, None}
+        check = certificate_check(100, length, alpha, seed)
+        assert check.certified == sum(c is True for c in certified) > 0
+        for tree, c in zip(trees, certified):
+            if c:
+                assert greedy_is_exact_mode(tree, Greedy().decode(tree, [], length).tokens)
 
 
 def test_c13_certificate_never_lies_on_other_toys():
     toys = [random_table(3, 3, s, alpha=0.3) for s in range(40)] + [random_markov_chain(3, 0.3, 4, s)
                                                                      for s in range(40)]
     for toy in toys:
-        cert = greedy_certificate(toy)
+        cert = greedy_certificate(toy, [], toy.length)
         if cert.holds:
-            assert cert.p_greedy >= toy.prob(bayes_output(ZeroOne(), toy, toy.length)) * (1 - 1e-12)
+            assert toy.prob(cert.tokens) >= toy.prob(bayes_output(ZeroOne(), toy, toy.length)) * (1 - 1e-12)
 
 
 def test_c14_sampling_kl_is_the_summed_per_step_kl_and_tv_is_bounded():
@@ -154,7 +191,7 @@ def test_c1_c2_greedy_regret_stays_positive_as_q_approaches_p():
 
 def test_every_claim_holds_with_its_numbers():
     claims = all_claims()
-    assert list(claims) == ["E1", "E2", "temperature", "C1/C2", "C6", "C7", "C8", "C11", "C13", "C14"]
+    assert list(claims) == ["E1", "E2", "temperature", "C1/C2", "C6", "C7", "C8", "C11", "C12", "C13", "C14"]
     assert all(c.holds for c in claims.values()), [c.key for c in claims.values() if not c.holds]
     assert "0.64" in claims["E1"].evidence and "0.71" in claims["E1"].evidence
     assert "0.66512, 0.6582, 0.65422" in claims["E2"].evidence

@@ -16,19 +16,33 @@ from core.consistency import (
     MIXTURE_GRID,
     PrefixModel,
     bayes_risk,
+    bayes_rows,
     data_seed,
+    decode_outputs,
     decoded_risk,
     default_grid,
+    draw_seed,
+    grid,
     is_enumerable,
     learned_model,
     mixture_model,
     risk_curve,
+    risk_row,
     risk_under,
 )
 from core.decoders import Beam, Greedy, Lookahead, Sampling
 from core.goals import DistributionMatch, Hamming, NGramHamming, ZeroOne
+from core.protocol import pad_after_eos
 from core.risk import exact_risk
-from core.toy import PRESETS, MarkovChain, binary_tree, output_distribution, random_markov_chain, random_table
+from core.toy import (
+    PRESETS,
+    MarkovChain,
+    TableDistribution,
+    binary_tree,
+    output_distribution,
+    random_markov_chain,
+    random_table,
+)
 
 KL, TV = DistributionMatch("kl"), DistributionMatch("tv")
 DECODERS = [Greedy(), Lookahead(2), Beam(2), Sampling(), Sampling(temperature=0.5), Sampling(top_k=1),
@@ -269,3 +283,74 @@ def curve(family="mixture", grid=(0.1,), steps=2, seed=0, truth=E1, decoder=GREE
 def test_bad_arguments_raise_precise_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---- grids, EOS, the Theory lab's rows ---------------------------------------------------------------
+
+
+def test_grids_at_every_density():
+    assert grid("mixture", 2) is MIXTURE_GRID and grid("learned", 2) is LEARNED_GRID
+    assert grid("mixture", 1) == pytest.approx((1.0, 0.1, 0.01, 1e-3, 1e-4))
+    assert grid("learned", 1) == (10, 100, 1000, 10000, 100000)
+    four = grid("learned", 4)
+    assert len(four) == 17 and four[:3] == (10, 18, 32) and four[-1] == 100000 and set(LEARNED_GRID) <= set(four)
+    assert grid("mixture", 4)[::2] == pytest.approx(MIXTURE_GRID, rel=1e-12)
+    with pytest.raises(ValueError, match="per_decade must be one of 1, 2, 4, got 3"):
+        grid("mixture", 3)
+
+
+def test_models_q_keep_eos_absorbing():
+    toy = PRESETS["EOS"].build()  # p(EOS) = .4 at every step, L = 3
+    eos = toy.eos_id
+    for q in (mixture_model(toy, 0.5, 3), learned_model(toy, 20, 3)):
+        assert q.eos_id == eos and q.transition[eos].tolist() == [0.0, 1.0]
+        assert set(output_distribution(Sampling(), q, 3)) <= {(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1)}
+    table = TableDistribution({(0, 0): 0.3, (0, 1): 0.3, (1, 1): 0.4}, 2, eos_id=1)
+    for q in (mixture_model(table, 0.5, 3), learned_model(table, 20, 3)):
+        assert q.eos_id == 1 and q.logprobs([[1]]).exp().tolist() == [[0.0, 1.0]]
+        assert sum(output_distribution(Sampling(), q, 2).values()) == pytest.approx(1.0)
+    # greedy decodes q near p to aaa, while the 0-1 Bayes output is the empty output (C12)
+    curve = risk_curve(toy, Greedy(), ZeroOne(), "mixture", (1e-3,), 3, seed=0)
+    assert curve[0][1] == pytest.approx(1 - .216) and bayes_risk(ZeroOne(), toy, 3) == pytest.approx(.6)
+    with pytest.raises(ValueError, match="eos_id must be None or a token in 0..1, got 2"):
+        PrefixModel([np.full((1, 2), 0.5)], eos_id=2)
+
+
+def test_risk_under_is_the_goals_own_exact_risk():
+    truth = random_markov_chain(3, 0.7, 3, 3)
+    r = output_distribution(Sampling(temperature=0.7), mixture_model(truth, 0.2, 1), 3)
+    for goal in goals(3):
+        assert risk_under(goal, truth, r, 3) == goal.exact_risk(truth, 3, r)
+    memo: dict = {}
+    y = next(iter(r))
+    assert risk_under(Hamming(), truth, {y: 1.0}, 3, memo) == Hamming().exact_risk(truth, 3, {y: 1.0}) == memo[y]
+
+
+def test_risk_rows_match_risk_table_and_estimate_mbr_with_its_runs():
+    from core.mbr import MBR
+    from core.risk import risk_table
+
+    for truth in (PRESETS["E1"].build(), random_markov_chain(3, 0.7, 3, 3), PRESETS["EOS"].build()):
+        n = truth.length
+        gs = goals(n)
+        decoders = [Greedy(), Lookahead(2), Sampling(temperature=0.5), Sampling(min_p=0.3)]
+        expected = {row["decoder"]: row for row in risk_table(gs, truth, decoders, n)}
+        rows = [risk_row(gs, truth, d, n) for d in decoders] + bayes_rows(gs, truth, n)
+        assert [r["decoder"] for r in rows] == list(expected)
+        for row in rows:
+            want = expected[row["decoder"]]
+            assert row["runs"] is None
+            if want["output"] is not None:
+                assert row["output"] == pad_after_eos(want["output"], n, truth.eos_id)
+            for g in gs:
+                assert row[g.name] == pytest.approx(want[g.name], abs=1e-12)
+                assert row[f"{g.name} (95% low)"] == row[g.name] == row[f"{g.name} (95% high)"]
+    e1 = PRESETS["E1"].build()
+    mbr = risk_row([ZeroOne(), Hamming(), TV], e1, MBR(ZeroOne()), 2, seed=3, n_draws=16)
+    assert mbr["runs"] == 16 and mbr["output"] is None and mbr["decoder"] == "MBR (0-1)"
+    decoded = decode_outputs(e1, MBR(ZeroOne()), 2, seed=3, n_draws=16)
+    assert not decoded.exact and len(decoded.runs) == 16
+    assert decoded.runs == tuple(MBR(ZeroOne()).decode(e1, [], 2, seed=draw_seed(3, i)).tokens for i in range(16))
+    mean = np.mean([1 - e1.prob(y) for y in decoded.runs])
+    assert mbr["0-1"] == pytest.approx(mean) and mbr["0-1 (95% low)"] <= mean <= mbr["0-1 (95% high)"]
+    assert mbr["TV(P, r)"] == pytest.approx(TV.between(dict(e1.support()), decoded.distribution))

@@ -1,6 +1,8 @@
 """Consistency page (AppTest): each decoder's exact risk under p as q → p, the Bayes floor, the learned
-family's band, the summary of where each decoder ends up, the CSV behind the chart, bad values; and the
-curve chart helper (pages.charts.risk_curves)."""
+family's band, the summary of where each decoder ends up, the CSV behind the chart, bad values, MBR
+(estimated from seeded runs) and the samplers of the warper chain, the EOS toy, the cost guard (caps on a
+link with large settings, the full computation on request, toys too large for the budget); and the curve
+chart helper (pages.charts.risk_curves)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,16 @@ import math
 import pandas as pd
 import pytest
 import streamlit as st
-from pagetest import open_page
+from lab_costs import uniform_costs
+from pagetest import PAGES, open_page
+from streamlit.testing.v1 import AppTest
 
-from core.consistency import LEARNED_GRID, MIXTURE_GRID
+from core import lab_cost
+from core.consistency import LEARNED_GRID, MIXTURE_GRID, grid
+from core.decoders import Sampling
+from core.goals import ZeroOne
+from core.risk import exact_risk
+from core.toy import PRESETS
 from pages.charts import risk_curves
 
 
@@ -115,8 +124,9 @@ def test_markov_chain_truth():
         ({"cs_decoders": []}, r"choose at least one decoder"),
         ({"cs_tau": 0.0}, r"Temperature τ must be from 0.05 to 5, got 0.0"),
         ({"cs_seeds": 7}, r"Data sets per N must be one of 5, 10, 20, got 7"),
-        ({"cs_kind": "Markov chain", "cs_states": 6, "cs_length": 6},
-         r"6\^6 = 46,656 sequences; the Consistency page draws curves for toys of at most 512"),
+        ({"cs_density": 3}, r"Grid points per decade must be one of 1, 2, 4, got 3"),
+        ({"cs_mbr_runs": 1}, r"MBR runs per model q must be one of 16, 32, 64, got 1"),
+        ({"cs_min_p": 1.5}, r"min-p must be in \[0, 1\], got 1.5"),
         ({"goal": "N-gram Hamming", "ngram_n": 3}, r"N \(the N-gram window\) must be from 1 to the toy's length 2"),
     ],
 )
@@ -143,3 +153,90 @@ def test_risk_curves_chart_helper():
     logged = risk_curves({"a": [(1, 0.0, 0.0, 0.0), (10, 1e-3, 1e-4, 2e-3)]}, 0.0, "t", "N", log_y=True)
     assert logged.layout.yaxis.type == "log" and not logged.layout.shapes  # a floor of 0 has no place on it
     assert list(logged.data[1].y) == [None, 1e-3]
+
+
+def test_mbr_is_estimated_from_seeded_runs(downloads):
+    at = open_page("consistency", timeout=120, goal="0-1", cs_decoders=["greedy", "MBR (the sidebar goal)"])
+    assert not at.exception and not at.error
+    s = summary(at)
+    assert list(s.index) == ["greedy", "MBR (0-1)"]
+    assert s.loc["MBR (0-1)", "risk at q = p"] == pytest.approx(0.64)  # the most probable candidate: the mode BA
+    assert s.loc["MBR (0-1)", "reaches the Bayes risk"] == "yes"
+    assert "MBR (0-1): no enumerable output distribution, so its risks are **estimated**" in caption(at)
+    assert "averages the exact risks of 64 seeded runs on q" in caption(at)
+    data = downloads["cs_chart_csv"]
+    mbr = data[data["decoder"] == "MBR (0-1)"]
+    assert len(mbr) == len(MIXTURE_GRID) and not mbr["exact"].any() and (mbr["low"] <= mbr["risk"]).all()
+    at.selectbox(key="goal").set_value("Distribution match (KL)").run()
+    assert not at.exception and not at.error
+    assert any(w.value.startswith("Left out MBR (the sidebar goal): MBR needs a pointwise goal") for w in at.warning)
+    assert list(summary(at).index) == ["greedy"]
+
+
+def test_samplers_of_the_warper_chain_are_one_entry_each():
+    at = open_page("consistency", timeout=120, goal="0-1",
+                   cs_decoders=["min-p", "η-cutoff", "top-nσ (not in transformers)", "repetition penalty"],
+                   cs_min_p=0.7)
+    assert not at.exception and not at.error
+    s = summary(at)
+    assert list(s.index) == ["sampling (τ=1, min-p=0.7)", "sampling (τ=1, η-cutoff=0.002)",
+                             "sampling (τ=1, top-nσ=1 (not in transformers))", "sampling (τ=1, repetition penalty=1.2)"]
+    e1 = PRESETS["E1"].build()
+    assert s.loc["sampling (τ=1, min-p=0.7)", "risk at q = p"] == pytest.approx(
+        exact_risk(ZeroOne(), e1, Sampling(min_p=0.7), 2), abs=1e-12)
+    assert s.loc["sampling (τ=1, repetition penalty=1.2)", "risk at q = p"] == pytest.approx(
+        exact_risk(ZeroOne(), e1, Sampling(repetition_penalty=1.2), 2), abs=1e-12)
+    assert {n.label for n in at.number_input} >= {"min-p", "η-cutoff", "top-nσ (not in transformers)",
+                                                 "repetition penalty"}
+
+
+def test_eos_toy_keeps_eos_absorbing_and_says_outputs_are_padded():
+    for family in ("mixture", "learned"):
+        at = open_page("consistency", timeout=120, goal="0-1", cs_preset="EOS", cs_family=family, cs_seeds=5)
+        assert not at.exception and not at.error
+        s = summary(at)
+        assert s.loc["greedy", "risk at q = p"] == pytest.approx(1 - .216)  # aaa
+        assert s.loc["greedy", "Bayes risk"] == pytest.approx(.6)  # the empty output ⏹⏹⏹
+        assert s.loc["lookahead (depth 2)", "regret at q = p"] >= 0
+        assert "⏹ is EOS: an output that ends early is padded with ⏹ after its EOS" in caption(at)
+
+
+# ---- the cost guard -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_machine(monkeypatch):
+    monkeypatch.setattr(lab_cost, "measured", lambda: uniform_costs(1e-2, 1e-3))
+    monkeypatch.delenv("DECODING_EXPLORER_BUDGET_S", raising=False)
+
+
+def test_a_link_with_large_settings_is_capped_and_the_full_computation_runs_on_request(slow_machine, downloads):
+    at = AppTest.from_file(str(PAGES / "consistency.py"), default_timeout=120)
+    for key, value in {"cs_family": "learned", "cs_seeds": "20", "cs_density": "4", "goal": "0-1"}.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception and not at.error
+    messages = [i.value for i in at.info]
+    assert any(m.startswith("Data sets per N capped at 5 (you asked for 20)") for m in messages), messages
+    assert any(m.startswith("Grid points per decade capped at 2 (you asked for 4)") for m in messages), messages
+    assert "mean over 5 independent training sets" in caption(at)
+    assert sorted(set(downloads["cs_chart_csv"]["x"])) == list(LEARNED_GRID)
+    button = at.button(key="cs_curves_full_btn")
+    assert button.label.startswith("Run the full computation (predicted ")
+    button.click().run()
+    assert not at.exception and not at.error and not at.info
+    assert "mean over 20 independent training sets" in caption(at) and "4 points per decade" in caption(at)
+    assert sorted(set(downloads["cs_chart_csv"]["x"])) == list(grid("learned", 4))
+
+
+def test_a_toy_too_large_for_the_budget_is_not_run_until_asked(slow_machine):
+    at = AppTest.from_file(str(PAGES / "consistency.py"), default_timeout=120)
+    for key, value in {"cs_kind": "Markov chain", "cs_states": "6", "cs_length": "6"}.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception and not at.error
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("Computing these curves is predicted to take") and "even at its smallest settings" in w
+               and "over the 10 s budget per click, so it was not run" in w for w in warnings), warnings
+    assert not at.get("plotly_chart") and not at.dataframe
+    assert at.button(key="cs_curves_full_btn").label.startswith("Run the full computation (predicted ")
