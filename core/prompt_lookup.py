@@ -118,3 +118,21 @@ def prompt_lookup_decode(model, prompt: Sequence[int], steps: int,
     run = verify_drafts(model, prompt, steps, drafter)
     return LookupResult(run.tokens, run.forwards, run.traces, drafter.num_tokens, drafter.max_ngram, run.replays,
                         run.replay_forwards)
+
+
+def server_verification(model) -> str | None:
+    """None when ``model`` verifies a draft block in one request (a local model, or a server that returns the
+    rows after every prompt position — vLLM's prompt_logprobs — or takes several prompts per request); else
+    why not, in words."""
+    caps = getattr(model, "caps", None)
+    if caps is None:
+        return None
+    from core.remote import CHAIN_MAX_K
+
+    if not caps.token_prompts:
+        return ("this server takes text prompts, one per request, so every row after a drafted token is a "
+                "request of its own: verifying N drafts costs N + 1 requests, never fewer than greedy's one per token")
+    if (caps.prompt_logprobs and 0 < caps.top_logprobs <= CHAIN_MAX_K) or caps.batch_prompts:
+        return None
+    return ("this server returns one position's next-token log-probs per request (no prompt_logprobs, one prompt "
+            "per request), so verifying N drafts costs N + 1 requests, never fewer than greedy's one per token")

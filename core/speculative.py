@@ -484,4 +484,30 @@ def time_against_greedy(engine, prompt: Sequence[int], steps: int,
                        tuple((n, seconds[n]) for n in names), repeats)
 
 
+# ---- predicted seconds (core.cost) ---------------------------------------------------------------
+
+# A verification pass feeding w tokens, as a multiple of a w-row one-token step (CostModel.step(w)): measured
+# 1.0-1.25x on the shipped model and on SmolLM2 for w >= 4 (2 cores); 1.7x for w = 2 on SmolLM2, where the
+# bound on the passes (one per token) more than covers it.
+VERIFY_FACTOR = 1.25
+# A head-only draft pass as a share of a one-token step (shipped model: about 0.35).
+HEAD_PASS_FACTOR = 0.5
+
+
+def predict_seconds(cost, prompt_tokens: int, steps: int, repeats: int, drafters: Sequence[tuple[int, bool]]) -> float:
+    """Predicted seconds of timing ``drafters`` against greedy decoding (``time_against_greedy``, or
+    ``compare_sampling_speed`` for one drafter): 1 + ``repeats`` runs of greedy and of each drafter, given as
+    (most drafts per pass, drafting runs a head pass). A drafter's run is bounded by one verification pass
+    per token (no draft kept), each feeding 1 + its drafts. ``cost``: a ``core.cost.CostModel``; a server
+    (kind "server") is not timed: one run of each, one request per token at most."""
+    if cost.kind == "server":
+        return cost.forwards(steps) * (1 + len(drafters))
+    prompt = cost.prefill(prompt_tokens)
+    total = prompt + (steps - 1) * cost.step(1)
+    for width, head_pass in drafters:
+        per_pass = VERIFY_FACTOR * cost.step(1 + width) + (HEAD_PASS_FACTOR * cost.step(1) if head_pass else 0.0)
+        total += prompt + (steps - 1) * per_pass
+    return (1 + repeats) * total
+
+
 from core.speculative_sample import speculative_sample  # noqa: E402,F401

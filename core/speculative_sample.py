@@ -87,6 +87,11 @@ class SpeculativeSampleResult:
     def tokens_per_forward(self) -> float:
         return len(self.tokens) / self.forwards
 
+    @property
+    def positions(self) -> int:
+        """The most drafts one pass verifies (k - 1)."""
+        return self.heads - 1
+
     def _per_head(self, fn) -> tuple[float, ...]:
         return tuple(fn(i) for i in range(self.heads - 1))
 

@@ -252,6 +252,22 @@ def test_a_server_verifies_each_draft_block_in_one_request(settings):
     assert r.tokens_per_forward > 1.5
 
 
+@pytest.mark.parametrize(("caps", "why"), [
+    ({"token_prompts": True, "prompt_logprobs": True, "top_logprobs": 20, "batch_prompts": False}, None),
+    ({"token_prompts": True, "prompt_logprobs": False, "top_logprobs": -1, "batch_prompts": True}, None),
+    ({"token_prompts": True, "prompt_logprobs": True, "top_logprobs": -1, "batch_prompts": False}, "one position's"),
+    ({"token_prompts": False, "prompt_logprobs": False, "top_logprobs": 20, "batch_prompts": False}, "text prompts"),
+])
+def test_which_servers_verify_a_block_in_one_request(caps, why):
+    from types import SimpleNamespace
+
+    from core.prompt_lookup import server_verification
+
+    said = server_verification(SimpleNamespace(caps=SimpleNamespace(**caps)))
+    assert said is None if why is None else why in said and "N + 1 requests" in said
+    assert server_verification(make_tiny_engine()) is None  # a local model: KV-cached feeds
+
+
 def test_a_model_without_sessions_uses_logprobs():
     letters = LetterModel(seed=5)
     prompt = letters.encode("hello hello hel")
