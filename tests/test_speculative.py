@@ -210,3 +210,42 @@ def test_input_validation(engine):
         self_speculative(engine, [1, 8192], 4)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         self_speculative(engine, [1] * 500, 50)
+
+
+def test_predicted_seconds_of_timing_against_greedy():
+    """1 + repeats runs of greedy and of each drafter, each drafter bounded by one verification pass per token
+    (a w-token feed costs VERIFY_FACTOR x a w-row step; the heads add a head pass); a server: requests."""
+    from core.cost import CostModel
+    from core.speculative import HEAD_PASS_FACTOR, VERIFY_FACTOR, predict_seconds
+
+    cost = CostModel("local", (1, 16), (0.01, 0.05), 0.001)
+    prefill = 0.01 + 0.001 * 5
+    greedy = prefill + 7 * 0.01
+    heads = prefill + 7 * (VERIFY_FACTOR * (0.01 + 0.04 * 3 / 15) + HEAD_PASS_FACTOR * 0.01)
+    lookup = prefill + 7 * VERIFY_FACTOR * (0.01 + 0.04 * 10 / 15)
+    got = predict_seconds(cost, 5, 8, 3, [(3, True), (10, False)])
+    assert got == pytest.approx(4 * (greedy + heads + lookup))
+    assert predict_seconds(cost, 5, 8, 1, [(3, True)]) == pytest.approx(2 * (greedy + heads))
+    server = CostModel("server", (1,), (0.2,), 0.0, 0.2, 4)
+    assert predict_seconds(server, 5, 8, 3, [(10, False)]) == pytest.approx(2 * 8 * 0.2)  # one run each, no repeats
+
+
+def test_time_against_greedy():
+    from core.speculative import time_against_greedy
+
+    eng = make_tiny_engine(seed=0)
+    calls = []
+
+    def heads():
+        calls.append(1)
+        return self_speculative(eng, [1, 2, 3], 6)
+
+    speed = time_against_greedy(eng, [1, 2, 3], 6, {"heads": heads}, repeats=2)
+    assert len(calls) == 3  # one untimed warm-up, then the timed repeats
+    assert [n for n, _ in speed.results] == ["heads"] and speed.repeats == 2
+    assert speed.same_output("heads") and speed.greedy_tokens == Greedy().decode(eng, [1, 2, 3], 6).tokens
+    assert speed.speedup("heads") > 0 and speed.greedy_seconds > 0
+    with pytest.raises(ValueError, match="must not contain the name 'greedy'"):
+        time_against_greedy(eng, [1], 2, {"greedy": lambda: None})
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1, got 0"):
+        time_against_greedy(eng, [1], 2, {}, repeats=0)
