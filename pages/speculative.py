@@ -180,24 +180,25 @@ def draw_stats(name: str, result) -> None:
 
 
 def summary_row(name: str, result, speedup: float | None, same: bool) -> dict:
-    return {"drafts from": drafter_label(name), "tokens per forward": round(result.tokens_per_forward, 2),
+    return {"drafts from": drafter_label(name), "tokens / forward": round(result.tokens_per_forward, 2),
             "model passes": result.forwards,
             "draft passes": getattr(result, "draft_passes", None),  # prompt lookup runs no model to draft
             "passes with drafts": f"{result.passes_with_drafts} of {len(result.traces)}",
-            "drafts kept": _rounded(result.acceptance),
-            "wall-clock speed-up": None if speedup is None else round(speedup, 2),
-            "output equals greedy": "✅ yes" if same else "❌ no"}
+            "drafts kept": _rounded(result.acceptance, 2),
+            "speed-up": None if speedup is None else f"{speedup:.2f}×",
+            "= greedy": "✅" if same else "❌"}
 
 
-def draw_metrics(result, steps: int, speedup: float, same: bool, passes_help: str) -> None:
-    cols = st.columns(4)
-    cols[0].metric("Tokens per forward", f"{result.tokens_per_forward:.2f}",
-                   help=f"{len(result.tokens)} tokens in {result.forwards} model passes; greedy needs one per token.")
-    cols[1].metric("Model passes", f"{result.forwards} vs {len(result.tokens)}", help=passes_help)
-    cols[2].metric("Wall-clock speed-up", f"{speedup:.2f}×",
-                   help="Greedy time / this decoder's time, median of the repeats, measured in this request.")
-    cols[3].metric("Output equals greedy", "✅ yes" if same else "❌ no",
-                   help="Token for token, the same output as plain greedy decoding.")
+def draw_metrics(result, speedup: float, same: bool, passes_help: str) -> None:
+    """Four metrics in a 2 x 2 grid (the drafters stand side by side)."""
+    top, bottom = st.columns(2), st.columns(2)
+    top[0].metric("Tokens per forward", f"{result.tokens_per_forward:.2f}",
+                  help=f"{len(result.tokens)} tokens in {result.forwards} model passes; greedy needs one per token.")
+    top[1].metric("Model passes", f"{result.forwards} vs {len(result.tokens)}", help=passes_help)
+    bottom[0].metric("Wall-clock speed-up", f"{speedup:.2f}×",
+                     help="Greedy time / this decoder's time, median of the repeats, measured in this request.")
+    bottom[1].metric("Output equals greedy", "✅ yes" if same else "❌ no",
+                     help="Token for token, the same output as plain greedy decoding.")
 
 
 def draw_greedy(ctx: Context) -> None:
@@ -242,7 +243,7 @@ def draw_greedy(ctx: Context) -> None:
             help_ = (f"Model passes vs greedy's for these tokens; plus {result.draft_passes} cheap head-only draft "
                      "passes." if name == "heads" else
                      "Model passes vs greedy's for these tokens; the lookup itself runs no model.")
-            draw_metrics(result, steps, speed.speedup(name), speed.same_output(name), help_)
+            draw_metrics(result, speed.speedup(name), speed.same_output(name), help_)
     tabs = st.tabs([drafter_label(name) for name in names]) if len(names) > 1 else [st.container()]
     for tab, name in zip(tabs, names):
         with tab:
@@ -341,8 +342,8 @@ def draw_sampling(ctx: Context) -> None:
         hide_index=True, key="spec_table", placeholder="—")
 
 
-def _rounded(x: float) -> float | None:
-    return None if math.isnan(x) else round(x, 4)
+def _rounded(x: float, digits: int = 4) -> float | None:
+    return None if math.isnan(x) else round(x, digits)
 
 
 def draw_settings(ctx: Context) -> str:
@@ -356,7 +357,7 @@ def draw_settings(ctx: Context) -> str:
                       "exactly as ancestral sampling (rejection sampling against head 1).")
         mode = st.session_state["spec_mode"]
     timed = not ctx.source.startswith("server:")  # a server's rows are cached: counted in requests, not timed
-    widths = ([4] if multi else []) + ([3, 3] if mode == "greedy" else []) + ([2, 1] if timed else [])
+    widths = ([3] if multi else []) + ([3, 3] if mode == "greedy" else []) + ([2, 2] if timed else [])
     cols = iter(st.columns(widths, vertical_alignment="bottom"))
     if multi:
         next(cols).slider("Heads used (k)", 2, ctx.n_heads, key="spec_heads",
