@@ -46,7 +46,7 @@ run: install
 # to other paths: MKL and oneDNN at AVX2 (what an AVX2-only AMD EPYC runs), ATen's own kernels at AVX2
 # and at its generic level. One emulation per pytest run (the variables are read when torch loads).
 CONTRACT_TESTS := tests/test_determinism.py tests/test_tolerance.py tests/test_speculative.py \
-	tests/test_concurrency.py tests/test_compare_core.py
+	tests/test_concurrency.py tests/test_compare_core.py tests/test_prompt_lookup.py
 EMULATED_CPUS := default avx2
 # pytest exit code 5 (no tests collected) is a failure too
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc

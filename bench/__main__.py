@@ -13,6 +13,7 @@ from bench import (
     engine,
     labs,
     lookahead,
+    prompt_lookup,
     remote,
     sampling,
     smollm2,
@@ -27,7 +28,8 @@ def main() -> None:
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     t = time.perf_counter()
     failed = []
-    for mod in (engine, speculative, speculative_sample, sampling, lookahead, compare, smollm2, threads, remote, labs):
+    for mod in (engine, speculative, speculative_sample, prompt_lookup, sampling, lookahead, compare, smollm2, threads,
+                remote, labs):
         try:
             mod.main()
         except Exception as err:  # one broken benchmark must not hide the others' numbers

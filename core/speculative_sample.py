@@ -24,8 +24,6 @@ acceptance. The output stops after EOS, like ``Sampling().decode``.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,6 +86,11 @@ class SpeculativeSampleResult:
     @property
     def tokens_per_forward(self) -> float:
         return len(self.tokens) / self.forwards
+
+    @property
+    def positions(self) -> int:
+        """The most drafts one pass verifies (k - 1)."""
+        return self.heads - 1
 
     def _per_head(self, fn) -> tuple[float, ...]:
         return tuple(fn(i) for i in range(self.heads - 1))
@@ -240,16 +243,12 @@ def compare_sampling_speed(engine, prompt: Sequence[int], steps: int, seed: int,
                            heads: int | None = None, repeats: int = 3) -> SamplingSpeed:
     """Time ``speculative_sample`` against ``sampler.decode`` (one untimed warm-up each, then ``repeats``
     alternating timed runs, medians)."""
+    from core.speculative import alternating_medians
+
     sampler = Sampling() if sampler is None else sampler
     check_count("repeats", repeats)
-    runs = {"ancestral": [], "speculative": []}
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        ancestral = sampler.decode(engine, prompt, steps, seed)
-        middle = time.perf_counter()
-        result = speculative_sample(engine, prompt, steps, seed, sampler, heads)
-        if i:  # the first round warms up
-            runs["ancestral"].append(middle - start)
-            runs["speculative"].append(time.perf_counter() - middle)
-    return SamplingSpeed(result, len(ancestral.tokens), statistics.median(runs["ancestral"]),
-                         statistics.median(runs["speculative"]), repeats)
+    results, seconds = alternating_medians({
+        "ancestral": lambda: sampler.decode(engine, prompt, steps, seed),
+        "speculative": lambda: speculative_sample(engine, prompt, steps, seed, sampler, heads)}, repeats)
+    return SamplingSpeed(results["speculative"], len(results["ancestral"].tokens), seconds["ancestral"],
+                         seconds["speculative"], repeats)

@@ -34,8 +34,9 @@ def _example_prompts() -> list[tuple[str, str]]:
     return [(p["name"], p["text"]) for p in json.loads(PROMPTS.read_text())]
 
 
-def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int, eos: int | None = 0) -> None:
-    """``eos``: the model's EOS id (the shipped and tiny engines' is 0): an output ends early only there."""
+def check_bookkeeping(r, steps: int, positions: int, prompt: list[int], eos: int | None = 0) -> None:
+    """Counts and traces of a greedy speculative result (heads: ``positions`` = k - 1; prompt lookup: N).
+    ``eos``: the model's EOS id (the shipped and tiny engines' is 0): an output ends early only there."""
     n = len(r.tokens)
     assert n == steps or (n < steps and r.tokens[-1] == eos and eos not in r.tokens[:-1])
     assert r.forwards == len(r.traces) + r.replay_forwards
@@ -44,10 +45,16 @@ def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int, eos: int | None
     assert r.replay_forwards <= steps  # greedy's own prompt pass and steps, each made at most once
     assert sum(len(t.committed) for t in r.traces) == n
     assert tuple(x for t in r.traces for x in t.committed) == r.tokens
-    assert r.traces[0].fed == () and r.traces[0].drafted == ()
+    first = r.traces[0]
+    if first.fed:  # the prompt pass verified drafts: it fed the prompt's last token with them
+        assert first.fed == (prompt[-1], *first.drafted) and first.drafted and first.position == len(prompt) - 1
+    else:
+        assert first.drafted == () and first.position == len(prompt)
     for prev, t in zip(r.traces, r.traces[1:]):
         assert t.fed == (prev.bonus, *t.drafted)  # each pass feeds the last bonus, then drafts
-        assert len(t.drafted) <= k - 1
+        assert t.position == prev.position + (1 + prev.accepted if prev.fed else 0)  # the cache kept
+    for t in r.traces:
+        assert len(t.drafted) <= positions
         assert 0 <= t.accepted <= len(t.drafted)
         assert t.drafted[: t.accepted] == t.predicted[: t.accepted]  # kept drafts were head 1's argmax
         if t.accepted < len(t.drafted) and t.bonus != eos:  # (an accepted EOS draft ends the output)
@@ -55,13 +62,20 @@ def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int, eos: int | None
         assert t.bonus == t.predicted[t.accepted]
         assert all(0 <= i <= t.accepted for i in t.replayed) and list(t.replayed) == sorted(set(t.replayed))
     assert r.tokens_per_forward == pytest.approx(n / r.forwards)
-    assert r.tokens_per_forward <= k
-    assert r.draft_passes <= r.forwards - 1
-    for n, a, c in zip(r.drafts_offered, r.acceptance_per_head, r.conditional_acceptance_per_head):
-        if n == 0:  # a head that never drafted has no rate
+    assert r.tokens_per_forward <= positions + 1
+    assert r.accepted_tokens == sum(t.accepted for t in r.traces) == n - len(r.traces)
+    for n, a, c in zip(r.drafts_offered, r.acceptance_per_position, r.conditional_acceptance_per_position):
+        if n == 0:  # a position never drafted has no rate
             assert math.isnan(a) and math.isnan(c)
         else:  # nan conditional rate: offered but never reached (an earlier draft always rejected)
             assert 0.0 <= a <= 1.0 and (math.isnan(c) and a == 0.0 or a <= c <= 1.0)
+
+
+def _check_bookkeeping(r: SpeculativeResult, steps: int, k: int, prompt: list[int], eos: int | None = 0) -> None:
+    check_bookkeeping(r, steps, k - 1, prompt, eos)
+    assert r.traces[0].fed == ()  # the heads need the model's state: the prompt pass cannot verify drafts
+    assert r.draft_passes <= r.forwards - 1
+    assert r.acceptance_per_head == r.acceptance_per_position or all(map(math.isnan, r.acceptance_per_head))
 
 
 def test_equals_greedy_on_every_example_prompt(engine):
@@ -71,7 +85,7 @@ def test_equals_greedy_on_every_example_prompt(engine):
         for steps in (1, 48):
             r = self_speculative(engine, prompt, steps)
             assert r.tokens == greedy[:steps], (name, steps)
-            _check_bookkeeping(r, steps, engine.n_heads)
+            _check_bookkeeping(r, steps, engine.n_heads, prompt)
 
 
 def test_equals_greedy_on_random_prompts_and_head_counts(engine):
@@ -83,7 +97,7 @@ def test_equals_greedy_on_random_prompts_and_head_counts(engine):
         k = 2 + i % (engine.n_heads - 1)
         r = self_speculative(engine, prompt, steps, heads=k)
         assert r.tokens == greedy, (prompt, steps, k)
-        _check_bookkeeping(r, steps, k)
+        _check_bookkeeping(r, steps, k, prompt)
 
 
 def test_equals_greedy_on_a_tiny_random_model():
@@ -95,7 +109,7 @@ def test_equals_greedy_on_a_tiny_random_model():
         steps = rng.randrange(1, 30)
         r = self_speculative(eng, prompt, steps)
         assert r.tokens == Greedy().decode(eng, prompt, steps).tokens
-        _check_bookkeeping(r, steps, eng.n_heads)
+        _check_bookkeeping(r, steps, eng.n_heads, prompt)
 
 
 @pytest.mark.parametrize("which", ["tiny", "shipped"])
@@ -132,7 +146,7 @@ def test_equals_greedy_on_stored_prompts_including_near_ties(engine):
     for p in prompts:
         r = self_speculative(engine, p["tokens"], STEPS)
         assert r.tokens == Greedy().decode(engine, p["tokens"], STEPS).tokens, p["name"]
-        _check_bookkeeping(r, STEPS, engine.n_heads)
+        _check_bookkeeping(r, STEPS, engine.n_heads, p["tokens"])
         replays += r.replays
     assert replays > 0  # the near-tie prompts exercised the replay path
 
@@ -196,3 +210,42 @@ def test_input_validation(engine):
         self_speculative(engine, [1, 8192], 4)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         self_speculative(engine, [1] * 500, 50)
+
+
+def test_predicted_seconds_of_timing_against_greedy():
+    """1 + repeats runs of greedy and of each drafter, each drafter bounded by one verification pass per token
+    (a w-token feed costs VERIFY_FACTOR x a w-row step; the heads add a head pass); a server: requests."""
+    from core.cost import CostModel
+    from core.speculative import HEAD_PASS_FACTOR, VERIFY_FACTOR, predict_seconds
+
+    cost = CostModel("local", (1, 16), (0.01, 0.05), 0.001)
+    prefill = 0.01 + 0.001 * 5
+    greedy = prefill + 7 * 0.01
+    heads = prefill + 7 * (VERIFY_FACTOR * (0.01 + 0.04 * 3 / 15) + HEAD_PASS_FACTOR * 0.01)
+    lookup = prefill + 7 * VERIFY_FACTOR * (0.01 + 0.04 * 10 / 15)
+    got = predict_seconds(cost, 5, 8, 3, [(3, True), (10, False)])
+    assert got == pytest.approx(4 * (greedy + heads + lookup))
+    assert predict_seconds(cost, 5, 8, 1, [(3, True)]) == pytest.approx(2 * (greedy + heads))
+    server = CostModel("server", (1,), (0.2,), 0.0, 0.2, 4)
+    assert predict_seconds(server, 5, 8, 3, [(10, False)]) == pytest.approx(2 * 8 * 0.2)  # one run each, no repeats
+
+
+def test_time_against_greedy():
+    from core.speculative import time_against_greedy
+
+    eng = make_tiny_engine(seed=0)
+    calls = []
+
+    def heads():
+        calls.append(1)
+        return self_speculative(eng, [1, 2, 3], 6)
+
+    speed = time_against_greedy(eng, [1, 2, 3], 6, {"heads": heads}, repeats=2)
+    assert len(calls) == 3  # one untimed warm-up, then the timed repeats
+    assert [n for n, _ in speed.results] == ["heads"] and speed.repeats == 2
+    assert speed.same_output("heads") and speed.greedy_tokens == Greedy().decode(eng, [1, 2, 3], 6).tokens
+    assert speed.speedup("heads") > 0 and speed.greedy_seconds > 0
+    with pytest.raises(ValueError, match="must not contain the name 'greedy'"):
+        time_against_greedy(eng, [1], 2, {"greedy": lambda: None})
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1, got 0"):
+        time_against_greedy(eng, [1], 2, {}, repeats=0)
