@@ -95,7 +95,7 @@ def test_monte_carlo_page_says_how_it_estimated():
     assert (t["regret_low"] <= t["regret"]).all() and (t["regret"] <= t["regret_high"]).all()
     assert t.loc["MBR (Hamming)", "n"] == "n = 8" and t.loc["greedy", "n"] == "n = 16"
     captions = " ".join(c.value for c in at.caption)
-    assert "chosen on the first 8 truth rows and scored on the other 8" in captions
+    assert "chosen on 8 of the truth rows (fold A: the first half of every wave) and scored on the other 8" in captions
     assert "paired difference" in captions and "Student-t" in captions and "padded with EOS" in captions
     assert "Eikema & Aziz 2020" in captions and "Bertsch et al. 2023" in captions and "ε = 0.02" in captions
     assert "so a regret can be negative" not in captions
