@@ -37,14 +37,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
 from core.compute import pin_thread
 from core.cost import Capped, CostModel
-from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_groups, sample_many
+from core.decoders import (
+    Beam,
+    Fixed,
+    Greedy,
+    Lookahead,
+    Path,
+    Samples,
+    Sampling,
+    check_call,
+    sample_groups,
+    sample_many,
+)
 from core.estimators import Estimate
 from core.mbr import MBR, candidate_sampler, candidates_text, check_epsilon, pick
 from core.risk import GreedyCertificate, certificate_from_scores, exact_risk
@@ -57,6 +68,7 @@ from core.rollout import (
     Rollout,
     Wave,
     derived_seed,
+    fold_order,
     padded_rows,
     path_targets,
     score_outputs,
@@ -342,6 +354,15 @@ class Drawn:
     def n(self) -> int:
         """Truth rows so far (0 for an exact toy)."""
         return 0 if self.rollout is None else self.rollout.n
+
+    def truth_samples(self, eos_id: int | None = None) -> Samples | None:
+        """The truth rows in the rollout's (fold) order, as ``Samples`` (e.g. the ``truth_samples`` of
+        ``core.risk.estimate_risk``, to score other decoders on the same rows); None for a toy."""
+        if not self.waves:
+            return None
+        order = fold_order([w.n for w in self.waves])
+        lps = torch.cat([w.step_logprobs for w in self.waves])[order]
+        return Samples(torch.cat([w.tokens for w in self.waves])[order], lps, lps, eos_id)
 
 
 def _draw_exact(model, steps: int, seed: int, settings: DecoderSettings, random, pointwise: bool) -> Drawn:
@@ -681,11 +702,12 @@ def predict(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSetti
 
 @dataclass(frozen=True)
 class Plan:
-    """What a click runs: the requested steps and Monte Carlo rows, or less where the prediction is over the
-    budget (``caps`` say what was lowered and why), with the predicted seconds of both."""
+    """What a click runs: the requested steps, Monte Carlo rows and settings, or less where the prediction is over
+    the budget (``caps`` say what was lowered and why), with the predicted seconds of both."""
 
     steps: int
     n_samples: int
+    settings: DecoderSettings
     caps: tuple[Capped, ...]
     predicted_s: float
     full_s: float
@@ -699,14 +721,17 @@ def plan(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSettings
          pointwise: bool = True, exact: bool = False, min_steps: int = 1) -> Plan:
     """The request to run within ``budget_s`` predicted seconds: the Monte Carlo rows first, down to a partial
     size of the request (``partial_sizes``: so the full computation continues from the capped one), then, if the
-    fewest rows still take too long, the steps (not below the lookahead depth nor ``min_steps``, e.g. the goal's
-    N-gram window). Toys are never capped."""
+    fewest rows still take too long, the steps (not below ``min_steps``, e.g. the goal's N-gram window), the
+    lookahead depth following the steps down where it would exceed them. Toys are never capped."""
+    def at(s: int) -> DecoderSettings:
+        return settings if settings.lookahead_depth <= s else replace(settings, lookahead_depth=s)
+
     def seconds(s: int, n: int) -> float:
-        return predict(cost, prompt_len, s, settings, n, pointwise, exact).total
+        return predict(cost, prompt_len, s, at(s), n, pointwise, exact).total
 
     full = seconds(steps, n_samples)
     if exact or full <= budget_s:
-        return Plan(steps, n_samples, (), full, full)
+        return Plan(steps, n_samples, settings, (), full, full)
     sizes = partial_sizes(n_samples)
     i = 0
     while i + 1 < len(sizes) and seconds(steps, sizes[i + 1]) <= budget_s:
@@ -716,10 +741,14 @@ def plan(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSettings
         caps.append(Capped("Monte Carlo samples", n_samples, n, full, seconds(steps, n), budget_s))
     s = steps
     if seconds(steps, n) > budget_s:
-        lo, hi = min(steps, max(settings.lookahead_depth, min_steps)), steps  # lookahead: steps >= its depth
+        lo, hi = min(steps, max(1, min_steps)), steps
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if seconds(mid, n) <= budget_s else (lo, mid)
-        s = lo
-        caps.append(Capped("Steps", steps, s, seconds(steps, n), seconds(s, n), budget_s))
-    return Plan(s, n, tuple(caps), seconds(s, n), full)
+        s = lo if seconds(hi, n) > budget_s else hi
+        if s < steps:
+            caps.append(Capped("Steps", steps, s, seconds(steps, n), seconds(s, n), budget_s))
+        if at(s) is not settings:
+            caps.append(Capped("Lookahead depth", settings.lookahead_depth, s, seconds(steps, n), seconds(s, n),
+                               budget_s))
+    return Plan(s, n, at(s), tuple(caps), seconds(s, n), full)

@@ -256,9 +256,9 @@ class Rollout:
     @classmethod
     def from_waves(cls, steps: int, seed: int, waves: Sequence[Wave], targets: tuple[torch.Tensor, torch.Tensor],
                    groups: Mapping[str, tuple[int, int]]) -> Rollout:
-        """The rollout of these waves' truth rows, in fold order (``_fold_order``), with the first wave's
+        """The rollout of these waves' truth rows, in fold order (``fold_order``), with the first wave's
         candidate tokens; the same waves give the same rollout however many more follow."""
-        order = _fold_order([w.n for w in waves])
+        order = fold_order([w.n for w in waves])
         tokens = torch.cat([w.tokens for w in waves])[order]
         logp = sum_in_order(torch.cat([w.step_logprobs for w in waves])[order])
         return cls(steps, int(seed), tokens, logp, targets[0], targets[1],
@@ -342,7 +342,7 @@ class Wave:
         return Samples(self.tokens, self.step_logprobs, self.step_logprobs, eos_id)
 
 
-def _fold_order(sizes: Sequence[int]) -> torch.Tensor:
+def fold_order(sizes: Sequence[int]) -> torch.Tensor:
     """Row order of waves of these sizes, merged: every wave's first half (fold A), every wave's second half
     (fold B), then the odd row of the last wave, so row j of fold A pairs with row j of fold B."""
     if any(s % 2 for s in sizes[:-1]):

@@ -364,7 +364,7 @@ def main() -> None:
     status, outputs = st.empty(), st.empty()
     try:
         with server_progress(ctx, "Compare"):
-            compute(chosen.steps, settings, chosen.n_samples, status, outputs)
+            compute(chosen.steps, chosen.settings, chosen.n_samples, status, outputs)
     except Exception as exc:  # noqa: BLE001 - shown as a message; the rest of the page stays
         show_error(exc)
 
