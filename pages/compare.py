@@ -293,6 +293,7 @@ def compute(steps: int, settings: DecoderSettings, n_requested: int, status, out
         st.caption("Decoding with greedy, beam search and lookahead…")
     fixed = compute_fixed(steps, settings, lambda f: _preview(outputs, f))
     request = (ctx.source, ctx.prompt_ids, steps, ctx.seed, settings, ctx.goal.pointwise)
+    st.session_state["cmp_request"] = request  # what Stop and Continue refer to (the request without its n)
     store = draws_store()
     stored = store.get(request)
     done_n = 0 if stored is None else stored.n
