@@ -8,7 +8,18 @@ import time
 
 import torch
 
-from bench import compare, engine, lookahead, remote, sampling, smollm2, speculative, speculative_sample, threads
+from bench import (
+    compare,
+    engine,
+    first_paint,
+    lookahead,
+    remote,
+    sampling,
+    smollm2,
+    speculative,
+    speculative_sample,
+    threads,
+)
 
 
 def main() -> None:
@@ -16,7 +27,8 @@ def main() -> None:
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     t = time.perf_counter()
     failed = []
-    for mod in (engine, speculative, speculative_sample, sampling, lookahead, compare, smollm2, threads, remote):
+    for mod in (engine, speculative, speculative_sample, sampling, lookahead, compare, smollm2, threads, remote,
+                first_paint):
         try:
             mod.main()
         except Exception as err:  # one broken benchmark must not hide the others' numbers

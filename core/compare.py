@@ -692,7 +692,8 @@ def predict(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSetti
     waves = []
     for w, size in enumerate(sizes):
         rows = size + (sum(g.n for g in groups) if w == 0 else 0)
-        extra = sum(g.n * _group_row_s(cost, g.sampler) for g in groups) if w == 0 else 0.0
+        extra = (sum(g.n * _group_row_s(cost, g.sampler) for g in groups) + len(groups) * cost.token_s if w == 0
+                 else 0.0)  # each group's warp and draw: a sort for top-p, a few small ops for every group
         waves.append(cost.walk(rows, steps, prompt_len) + steps * extra)
     shown = len(FIXED_KEYS) + len(random) + settings.shown_samples
     once = cost.prefill(steps, shown) + (MODE_CALLS * cost.forwards(1, 16) if pointwise and steps > 0 else 0.0)
