@@ -215,6 +215,15 @@ def add_source(source: str) -> str:
     return source
 
 
+PENDING_SOURCE = "_pending_source"  # a source to select before the sidebar is drawn (set after it was)
+
+
+def select_source(source: str) -> None:
+    """Make ``source`` the sidebar's model from the next run on (``setup_page`` applies it before drawing the
+    sidebar, whose widget state cannot change once drawn)."""
+    st.session_state[PENDING_SOURCE] = source
+
+
 def source_info(ctx: Context) -> dict:
     """What an export says about its model (``core.sources.source_info``); never credentials."""
     from core.sources import source_info as info
@@ -438,6 +447,9 @@ def setup_page(title: str, icon: str = "", *, sidebar: str = "full") -> Context 
     source "", model None and steps 0, and the page checks N-gram N against its own length."""
     leave_legacy_pages_mode()
     declare_state(_sidebar_defaults())
+    pending = st.session_state.pop(PENDING_SOURCE, None)
+    if pending is not None:
+        add_source(pending)
     st.title(f"{icon} {title}".strip())
     if sidebar == "full":
         _draw_sidebar()
