@@ -332,6 +332,8 @@ def compute(steps: int, settings: DecoderSettings, n_requested: int, status, out
                         + (" (stopped)." if stopped and last else "; more are on the way."))
             draw_result(result, settings, final=last)
     status.empty()
+    if stopped and result is not None and result.n_samples >= n_requested:
+        _continue(request)  # nothing left to stop
     if stopped and result is not None and result.n_samples < n_requested:
         with status.container():
             st.button(f"Continue ({n_requested - result.n_samples} more truth rows)", key="cmp_continue",
