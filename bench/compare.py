@@ -195,11 +195,11 @@ def predictions() -> dict[str, float]:
 
     header("compare: predicted vs measured seconds, per source")
     out = {}
-    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
-        from bench.first_paint import random_local_model
+    from bench.first_paint import environment, random_local_model
 
+    with (tempfile.TemporaryDirectory(prefix="bench-local-") as tmp,
+          environment({"DECODING_EXPLORER_LOCAL_MODELS": tmp})):
         local = random_local_model(Path(tmp))
-        os.environ["DECODING_EXPLORER_LOCAL_MODELS"] = tmp
         chosen = [("shipped", "mtp")] + ([] if SMOKE else [("SmolLM2", "smollm2"), ("random local", f"local:{local}")])
         for name, source in chosen:
             model = sources.load(source)

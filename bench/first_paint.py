@@ -11,6 +11,7 @@ shipped model only, 4 steps x 16 rows (checks that the script runs; its numbers 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -66,22 +67,29 @@ def random_local_model(directory: Path) -> Path:
     return path
 
 
-def greedy_seconds(source: str, env: dict[str, str]) -> float:
-    """Median of 3 greedy 8-token decodes of the PROMPT (after one untimed), in this process."""
-    from core import sources
-    from core.compute import pin_thread
-    from core.decoders import Greedy
-
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    """``os.environ`` with ``env`` added (a server started inside inherits it), restored after."""
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        model = sources.load(source)
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def greedy_seconds(source: str, env: dict[str, str]) -> float:
+    """Median of 3 greedy 8-token decodes of the PROMPT (after one untimed), in this process."""
+    from core import sources
+    from core.compute import pin_thread
+    from core.decoders import Greedy
+
+    with environment(env):
+        model = sources.load(source)
     prompt = model.encode(PROMPT)
     pin_thread()
     Greedy().decode(model, prompt, 8)
@@ -133,18 +141,9 @@ def main() -> dict[str, float]:
         for name, source in sources:
             greedy = greedy_seconds(source, env)
             query = f"source={source}&prompt={PROMPT}" + ("&steps=4&cmp_n_samples=16" if SMOKE else "")
-            old = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)  # the server inherits the allow-list
-            try:
-                with tb.streamlit_server() as base, tb.chromium_page() as page:
-                    cold = visit(page, f"{base}/compare?{query}")
-                    warm = visit(page, f"{base}/compare?{query}")
-            finally:
-                for k, v in old.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            with environment(env), tb.streamlit_server() as base, tb.chromium_page() as page:
+                cold = visit(page, f"{base}/compare?{query}")
+                warm = visit(page, f"{base}/compare?{query}")
             print(f"  {name} ({source if not source.startswith('local:') else 'local'}): one greedy 8-token decode "
                   f"{greedy * 1000:.0f} ms")
             for label, marks in (("cold (fresh server)", cold), ("warm (reload)", warm)):

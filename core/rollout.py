@@ -19,6 +19,12 @@ Folds: the first ``n // 2`` truth rows are fold A (choosing outputs that depend 
 output, MBR), the rest fold B (scoring them, independent of the choice). Nothing here depends on the
 goal itself, so every pointwise goal (any N) scores from the same rollout.
 
+Waves: ``walk_wave`` walks one batch of truth rows (and, optionally, groups of other rows drawn in the same
+walk, whose tokens are targets as they are drawn); ``Rollout.from_waves`` joins waves into one rollout whose
+fold A is the first half of every wave and fold B the second halves, in the same order, so the partner of row
+a is row a + n // 2 as above. ``roll_out`` is one wave. ``core.compare`` runs a request as waves of doubling
+size, each with its own seed, so the rollout after the first waves is the rollout of a request for fewer rows.
+
 ``score_outputs`` is the one teacher-forced pass over outputs known only later (displayed outputs, the
 Bayes output): one ``feed`` of all rows through a cached session, linear in steps.
 
