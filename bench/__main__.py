@@ -11,6 +11,7 @@ import torch
 from bench import (
     compare,
     engine,
+    first_paint,
     labs,
     lookahead,
     prompt_lookup,
@@ -29,7 +30,7 @@ def main() -> None:
     t = time.perf_counter()
     failed = []
     for mod in (engine, speculative, speculative_sample, prompt_lookup, sampling, lookahead, compare, smollm2, threads,
-                remote, labs):
+                remote, labs, first_paint):
         try:
             mod.main()
         except Exception as err:  # one broken benchmark must not hide the others' numbers

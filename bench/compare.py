@@ -10,6 +10,10 @@ loaded, one untimed run first).
 3. ``sample_many`` 1024 x 32: tokens/s as a fraction of the FLOP floor (FLOPs per token counted with
    torch's FlopCounterMode on one batched step; a large fp32 matmul's rate measured in the same run, at
    one thread as the engine runs its forwards, and at the process's thread count).
+4. Predicted vs measured seconds (issue 15), per source (the shipped model, SmolLM2, a random local model):
+   the cost model's measurement itself, each Compare stage at the page defaults and at the plan that fits the
+   budget (fixed decoders, each wave, scoring), and the Step inspector's and Choice points' work; a ratio
+   measured / predicted near 1 (and below 1.5) is what the pages' guards rely on.
 
 ``BENCH_SMOKE=1`` shrinks every size (checks that the script runs; its numbers mean nothing).
 """
@@ -17,13 +21,17 @@ loaded, one untimed run first).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import goal, header, interleaved
-from core.compare import DecoderSettings, compare, decode_fixed, draw, score
+from core.choice_points import choice_trace, pair_information, predict_pair, predict_path, predict_trace
+from core.compare import DecoderSettings, compare, decode_fixed, decode_one, draw, draw_waves, plan, predict, score
+from core.cost import budget_seconds, measure
 from core.decoders import sample_many
 from core.engine import load_default
 from core.goals import Hamming, ZeroOne
@@ -127,7 +135,83 @@ def main(repeats: int = 2) -> dict[str, float]:
               f"token; a 1024^3 matmul at {threads} thread(s) runs {rate / 1e9:.1f} GFLOP/s, so the floor is "
               f"{floor:,.0f} tokens/s: {tokens_s / floor:.0%} of it")
     results["sample_many_tokens_s"] = tokens_s
+    results.update(predictions())
     return results
+
+
+def _ratio(measured: float, predicted: float) -> str:
+    return f"{measured:.2f} s / predicted {predicted:.2f} s = {measured / max(predicted, 1e-9):.2f}x"
+
+
+def predicted_vs_measured(name: str, model, steps: int, n: int, settings: DecoderSettings) -> dict[str, float]:
+    """One Compare request stage by stage, and the inspector's and choice points' work, against the predictions."""
+    from core.decoders import Greedy
+
+    prompt = model.encode(PROMPT)
+    t = time.perf_counter()
+    cost = measure(model, model.encode("The best way to learn a language is"))
+    print(f"  {name}: measuring the cost model took {time.perf_counter() - t:.2f} s")
+    want = predict(cost, len(prompt), steps, settings, n)
+    fixed, out = {}, {}
+    for key in ("greedy", "lookahead", "beam"):
+        t = time.perf_counter()
+        fixed[key] = decode_one(model, prompt, steps, settings, False, key)
+        out[key] = time.perf_counter() - t
+    waves, last = [], time.perf_counter()
+    for drawn in draw_waves(model, prompt, steps, 0, settings, n, fixed, False):
+        now = time.perf_counter()
+        waves.append(now - last)
+        t = time.perf_counter()
+        score(model, prompt, steps, 0, Hamming(), settings, n, fixed, drawn, False)
+        out.setdefault("scoring", 0.0)
+        out["scoring"] += time.perf_counter() - t
+        last = time.perf_counter()
+    print(f"    Compare {steps} tokens x {n} rows (every partial scored, as the page does):")
+    for key in ("greedy", "lookahead", "beam"):
+        print(f"      {key}: {_ratio(out[key], want.fixed[key])}")
+    for w, (m, p) in enumerate(zip(waves, want.waves)):
+        print(f"      wave {w}: {_ratio(m, p)}")
+    print(f"      scoring: {_ratio(out['scoring'], want.scoring)}")
+    total = sum(out.values()) + sum(waves)
+    print(f"      total: {_ratio(total, want.total)}")
+    path = Greedy().decode(model, prompt, steps)
+    t = time.perf_counter()
+    Greedy().decode(model, prompt, steps)
+    g = time.perf_counter() - t
+    t = time.perf_counter()
+    choice_trace(model, prompt, path.tokens)
+    tr = time.perf_counter() - t
+    t = time.perf_counter()
+    pair_information(model, prompt, 64)
+    pa = time.perf_counter() - t
+    heads = int(getattr(model, "n_heads", 1))
+    print(f"    greedy path: {_ratio(g, predict_path(cost, len(prompt), steps))}; trace: "
+          f"{_ratio(tr, predict_trace(cost, steps, heads))}; pair top-64: {_ratio(pa, predict_pair(cost, 64))}")
+    return {f"{name}_predicted_ratio": total / want.total}
+
+
+def predictions() -> dict[str, float]:
+    from core import sources
+
+    header("compare: predicted vs measured seconds, per source")
+    out = {}
+    from bench.first_paint import environment, random_local_model
+
+    with (tempfile.TemporaryDirectory(prefix="bench-local-") as tmp,
+          environment({"DECODING_EXPLORER_LOCAL_MODELS": tmp})):
+        local = random_local_model(Path(tmp))
+        chosen = [("shipped", "mtp")] + ([] if SMOKE else [("SmolLM2", "smollm2"), ("random local", f"local:{local}")])
+        for name, source in chosen:
+            model = sources.load(source)
+            steps, n = DEFAULTS
+            out.update(predicted_vs_measured(name, model, steps, n, DecoderSettings()))
+            cost = measure(model, model.encode("The best way to learn a language is"))
+            fits = plan(cost, len(model.encode(PROMPT)), 16, DecoderSettings(), 64, budget_seconds())
+            if fits.capped:
+                print(f"    the page defaults are capped here: {'; '.join(c.message() for c in fits.caps)}")
+                out.update(predicted_vs_measured(f"{name} (capped)", model, fits.steps, fits.n_samples,
+                                                 fits.settings))
+    return out
 
 
 if __name__ == "__main__":

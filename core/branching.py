@@ -8,10 +8,13 @@ model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from core.decoders import Greedy
+import torch
+
+from core.decoders import Greedy, Path, check_call, check_seed, make_path, walk
+from core.protocol import start_session
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,31 @@ def branch(tree: BranchTree, model, prompt: Sequence[int], position: int, token:
     decoder = Greedy() if decoder is None else decoder
     continuation = decoder.decode(model, prefix, remaining, seed=0).tokens if remaining else ()
     return tree.fork(position, token, continuation)
+
+
+def stream_path(model, prompt: Sequence[int], steps: int, sampler=None, seed: int | None = None) -> Iterator[Path]:
+    """The greedy path (``sampler`` None) or one draw of ``sampler`` with ``seed``, as the Path so far after every
+    token: the last one is ``Greedy().decode(model, prompt, steps)`` (resp. ``sampler.decode(model, prompt, steps,
+    seed)``), computed with the same calls, so a page can show a long path while it grows. Stops after EOS."""
+    prompt = check_call(model, prompt, steps)
+    eos = getattr(model, "eos_id", None)
+    tokens: list[int] = []
+    lps: list[float] = []
+    if sampler is not None:  # sample_many's walk of one row
+        for step in walk(model, prompt, steps, 1, seed=check_seed(seed), sampler=sampler):
+            tokens.append(int(step.tokens[0]))
+            lps.append(float(step.logprobs[0, tokens[-1]]))
+            yield make_path(tokens, lps)
+            if tokens[-1] == eos:
+                return
+        return
+    session = start_session(model, prompt, batch=1, steps=steps)  # as Greedy.decode calls the model
+    for t in range(steps):
+        lp = session.last[0]
+        tokens.append(int(torch.argmax(lp)))  # the first maximum: ties go to the lowest id
+        lps.append(float(lp[tokens[-1]]))
+        yield make_path(tokens, lps)
+        if tokens[-1] == eos:
+            return
+        if t + 1 < steps:
+            session.advance([tokens[-1]])

@@ -392,3 +392,31 @@ def pair_information(model, prefix: Sequence[int], top_k: int = 16) -> PairEstim
         h_y_head2=float(entropy_bits(heads[1])) if heads.shape[0] > 1 else None,
         y_top=tuple((int(i), float(v)) for i, v in zip(y_ids, y_lp.exp())),
     )
+
+
+# ---- predicted seconds (core.cost), for the pages' compute guards -----------------------------------------
+
+PAIR_CALLS = 4  # pair_information's batched logprobs call, in one-token steps of top_k rows (measured: 2.5-4.5)
+TRACE_FEEDS = 4  # a path's teacher-forced tables, in feeds of the path (measured on SmolLM2: about 4)
+VIEW_STEPS = 3  # one step's head views (a logprobs call and its sorting), in one-token steps
+
+
+def predict_path(cost, prompt_len: int, steps: int) -> float:
+    """Seconds of decoding a greedy or sampled path of ``steps`` tokens (one row)."""
+    return cost.walk(1, steps, prompt_len)
+
+
+def predict_trace(cost, steps: int, heads: int) -> float:
+    """Seconds of ``choice_trace`` / ``score_path`` / the greedy certificate along a path: teacher-forced feeds,
+    plus one heads call per position on a multi-head model."""
+    return TRACE_FEEDS * cost.prefill(steps) + (steps * cost.forwards(1) if heads > 1 else 0.0)
+
+
+def predict_views(cost) -> float:
+    """Seconds of ``step_heads`` after one prefix."""
+    return VIEW_STEPS * cost.forwards(1)
+
+
+def predict_pair(cost, top_k: int) -> float:
+    """Seconds of ``pair_information(model, prefix, top_k)``: one batched call of top_k continuations."""
+    return PAIR_CALLS * cost.step(top_k) + cost.forwards(1)

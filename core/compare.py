@@ -20,37 +20,62 @@ pointwise or distribution matching), ``score`` (the goal: Bayes output, MBR pick
 over the displayed outputs, the estimates), so a change of goal within a family reuses the rollout and a
 change of seed reuses the deterministic decoders.
 
-Compute budgets are explicit (``NEURAL_NODE_BUDGET``, ``MAX_NEURAL_LOOKAHEAD``, ``N_SAMPLES_RANGE``,
-``MC_TOKEN_BUDGET``) so no setting can hang a page.
+Progressive: the truth rows come in waves (``wave_sizes``: 16, 16, 32, 64, ... rows, so 16, 32, 64, 128, ...
+in all), each walked with its own seed ``derived_seed(seed, WAVES_STREAM, w)``; the first wave also draws
+every random decoder's ``COMPARE_DRAWS`` own draws and MBR's candidates in the same walk (their tokens are
+targets as they are drawn), later waves score those as fixed targets. A wave's rows join fold A (its first
+half) and fold B (its second half), so the result after the waves of n rows is the result of the request with
+n rows, byte for byte (``draw_waves`` yields it after every wave; ``draw`` is its last).
+
+Compute budgets are explicit (``NEURAL_NODE_BUDGET``, ``MAX_NEURAL_LOOKAHEAD``, ``N_SAMPLES_RANGE``), and every
+request has a predicted time (``predict``, from the model's measured ``core.cost.CostModel``); ``plan`` caps
+the Monte Carlo rows, then the steps, to keep a click within the budget.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 
 from core.compute import pin_thread
-from core.decoders import Beam, Fixed, Greedy, Lookahead, Path, Sampling, check_call, sample_groups, sample_many
+from core.cost import Capped, CostModel
+from core.decoders import (
+    Beam,
+    Fixed,
+    Greedy,
+    Lookahead,
+    Path,
+    Samples,
+    Sampling,
+    check_call,
+    sample_groups,
+    sample_many,
+)
 from core.estimators import Estimate
 from core.mbr import MBR, candidate_sampler, candidates_text, check_epsilon, pick
 from core.risk import GreedyCertificate, certificate_from_scores, exact_risk
 from core.rollout import (
     DRAWS_STREAM,
     MBR_STREAM,
+    WAVES_STREAM,
     Columns,
+    Group,
     Rollout,
+    Wave,
     derived_seed,
-    draw_targets,
+    fold_order,
     padded_rows,
     path_targets,
-    roll_out,
-    sampler_draws,
     score_outputs,
+    target_groups,
+    walk_wave,
 )
+from core.warpers import CHAIN
 
 NEURAL_NODE_BUDGET = 256  # best-first expansions per committed token for lookahead on a neural model
 BAYES_NODE_BUDGET = 256  # expansions for the mode search on a neural model (then beam fallback, labelled approximate)
@@ -59,8 +84,13 @@ MAX_BEAM_WIDTH = 16
 MBR_CANDIDATES_RANGE = (1, 64)
 N_SAMPLES_RANGE = (16, 1024)  # Monte Carlo truth rows on a neural model
 MAX_SHOWN_SAMPLES = 10
-MC_TOKEN_BUDGET = 1 << 17  # tokens sampled per request (every row drawn x steps) on a neural model
+# Each random decoder's own draws, scored against every truth row (a two-sample interval): a fixed number, so
+# the first wave draws them all and every later wave only adds truth rows. About the 25 at which the risk
+# helper measured 95% coverage on toys (92% at 12); each draw costs a walk row (with a sort for top-p).
+COMPARE_DRAWS = 24
+FIRST_WAVE = 16  # truth rows of the first wave; wave w >= 1 doubles the rows so far
 FIXED_KEYS = ("greedy", "lookahead", "beam")
+EXTRA_ARGS = tuple(cls.arg() for cls in CHAIN)  # warpers offered as extra samplers, in CHAIN order
 MBR_CITATIONS = ("Eikema & Aziz 2020: the mode is an inadequate target, and MBR over about 30 samples beats "
                  "beam search; Bertsch et al. 2023: MBR under ROUGE-1 beats greedy and beam search under ROUGE-1")
 
@@ -77,6 +107,7 @@ class DecoderSettings:
     shown_samples: int = 3
     mbr_candidates: int = 32
     mbr_epsilon: float = 0.02
+    extra: tuple[tuple[str, float], ...] = ()  # extra samplers: (warper argument, value), e.g. ("min_p", 0.1)
 
 
 @dataclass(frozen=True)
@@ -122,10 +153,13 @@ class Comparison:
     mbr_exact: bool = False  # MBR's expected losses are exact (0-1, or a toy)
     certificate: GreedyCertificate | None = None
 
-    def to_json(self, settings: DecoderSettings | None = None, prompt: Sequence[int] = ()) -> str:
-        """Decoder settings, seed, tokens and risks as JSON; byte-identical for identical inputs
-        (sorted keys; non-finite numbers as the strings "inf", "-inf", "nan")."""
+    def to_json(self, settings: DecoderSettings | None = None, prompt: Sequence[int] = (),
+                source: dict | None = None) -> str:
+        """Decoder settings, seed, tokens and risks as JSON, with the model's ``source`` (``core.sources.
+        source_info``) when given; byte-identical for identical inputs (sorted keys; non-finite numbers as the
+        strings "inf", "-inf", "nan")."""
         doc = {
+            "source": source,
             "goal": self.goal, "steps": self.steps, "seed": self.seed, "n_samples": self.n_samples,
             "exact": self.exact, "bayes_exact": self.bayes_exact, "bayes_method": self.bayes_method,
             "n_select": self.n_select, "mbr_method": self.mbr_method, "mbr_exact": self.mbr_exact,
@@ -137,14 +171,16 @@ class Comparison:
         }
         return json.dumps(_finite(doc), sort_keys=True, ensure_ascii=False, indent=1)
 
-    def table(self) -> list[dict]:
-        """Plain rows for a table / CSV."""
+    def table(self, source: dict | None = None) -> list[dict]:
+        """Plain rows for a table / CSV; with ``source`` (``core.sources.source_info``) every row names the model
+        (columns ``source`` and ``source_<field>``)."""
+        named = {} if source is None else {("source" if k == "source" else f"source_{k}"): v for k, v in source.items()}
         return [
             {"decoder": r.label, "output": r.output.text if r.output.text is not None else r.output.tokens,
              "risk": r.risk.mean, "ci_low": r.risk.ci_low, "ci_high": r.risk.ci_high,
              "regret": r.regret.mean, "regret_low": r.regret.ci_low, "regret_high": r.regret.ci_high,
              "exact": r.risk.exact, "n": r.risk.describe_n(), "log P(output)": sum(r.output.step_logprobs),
-             "settings": r.settings}
+             "settings": r.settings, **named}
             for r in self.rows
         ]
 
@@ -194,32 +230,65 @@ def lineup(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str
         ("top_p", Sampling(top_p=s.top_p)),
         ("beam", Beam(s.beam_width)),
         ("ancestral", Sampling()),
+        *extra_samplers(s.extra),
     ]
 
 
-def _draw_specs(model, settings: DecoderSettings, seed: int, n_samples: int, exact: bool, random,
-                pointwise: bool = True) -> list[tuple]:
-    """(name, (rows, seed, sampler)) of every random draw of a request, in walk order: each random
-    decoder's Monte Carlo draws (neural models, pointwise goals; not sampling from P, which the truth
-    rows represent), its one shown draw (``decoder.decode(seed)``), MBR's ε-sampled candidates (pointwise
-    goals), the samples from P shown."""
-    specs = []
-    if not exact and pointwise:
-        m, ds = sampler_draws(n_samples), derived_seed(seed, DRAWS_STREAM)
-        specs += [(f"draws:{key}", (m, ds, d)) for key, d in random if not d.is_identity]
-    specs += [(f"shown:{key}", (1, seed, d)) for key, d in random]
-    if pointwise and not exact:  # on a toy MBR draws its own candidates and references
-        specs.append(("mbr", (settings.mbr_candidates, derived_seed(seed, MBR_STREAM),
-                              candidate_sampler(model, settings.mbr_epsilon))))
-    if settings.shown_samples:
-        specs.append(("samples", (settings.shown_samples, seed + 1, None)))
-    return specs
+def extra_samplers(extra: Sequence[tuple[str, float]]) -> list[tuple[str, Sampling]]:
+    """(key ``extra:<argument>``, ``Sampling(**{argument: value})``) for each extra sampler; ValueError naming
+    an unknown or repeated argument, or the argument whose value is out of its range."""
+    out, seen = [], set()
+    for item in extra:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise ValueError(f"an extra sampler must be (argument, value), got {item!r}")
+        arg, value = item
+        if arg not in EXTRA_ARGS:
+            raise ValueError(f"extra sampler must be one of {', '.join(EXTRA_ARGS)}, got {arg!r}")
+        if arg in seen:
+            raise ValueError(f"extra sampler {arg} is given twice")
+        seen.add(arg)
+        out.append((f"extra:{arg}", Sampling(**{arg: value})))
+    return out
+
+
+def _random(settings: DecoderSettings, steps: int, exact: bool) -> list[tuple[str, object]]:
+    return [(k, d) for k, d in lineup(settings, steps, exact) if d.is_random]
+
+
+def wave_sizes(n: int) -> list[int]:
+    """Truth rows of each wave of a request for n rows: ``FIRST_WAVE``, then as many again as all waves before
+    (16, 16, 32, 64, ...), the last one cut to reach n."""
+    sizes: list[int] = []
+    total = 0
+    while total < n:
+        size = min(FIRST_WAVE if not sizes else total, n - total)
+        sizes.append(size)
+        total += size
+    return sizes
+
+
+def partial_sizes(n: int) -> list[int]:
+    """The truth rows after each wave (16, 32, 64, ..., n): the requests a partial result equals."""
+    return [int(x) for x in np.cumsum(wave_sizes(n))]
+
+
+def _groups(mbr_sampler: Sampling, settings: DecoderSettings, seed: int, random, pointwise: bool) -> list[Group]:
+    """Rows the first wave draws besides its truth rows: each non-identity random decoder's own draws
+    (``COMPARE_DRAWS`` for pointwise goals, which score them; one to show for distribution matching, which reads
+    the sampler's distribution instead), one draw of sampling from P to show (seeded by the request's seed), and
+    MBR's ε-sampled candidates (pointwise goals)."""
+    m, ds = (COMPARE_DRAWS if pointwise else 1), derived_seed(seed, DRAWS_STREAM)
+    out = [Group(f"draws:{key}", m, ds, d) for key, d in random if not d.is_identity]
+    out.append(Group("shown:ancestral", 1, seed, None))
+    if pointwise:
+        out.append(Group("mbr", settings.mbr_candidates, derived_seed(seed, MBR_STREAM), mbr_sampler))
+    return out
 
 
 def check_request(model, prompt: Sequence[int], steps: int, seed: int, settings: DecoderSettings,
                   n_samples: int) -> tuple[list[int], bool]:
     """(the prompt as ints, whether the model is an exact toy); ValueError naming the first problem:
-    the prompt (toys take none), steps, seed, the decoder settings, the Monte Carlo samples and budget."""
+    the prompt (toys take none), steps, seed, the decoder settings, the Monte Carlo samples."""
     exact = is_exact_model(model)
     prompt = [int(t) for t in prompt]
     if exact and prompt:
@@ -227,16 +296,11 @@ def check_request(model, prompt: Sequence[int], steps: int, seed: int, settings:
     prompt = check_call(model, prompt, steps)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    random = [(k, d) for k, d in lineup(settings, steps, exact) if d.is_random]
+    lineup(settings, steps, exact)
     if not exact:
         lo, hi = N_SAMPLES_RANGE
         if not (isinstance(n_samples, int) and not isinstance(n_samples, bool) and lo <= n_samples <= hi):
             raise ValueError(f"Monte Carlo samples must be an integer from {lo} to {hi}, got {n_samples!r}")
-        rows = n_samples + sum(n for _, (n, _, _) in _draw_specs(model, settings, seed, n_samples, exact, random))
-        if rows * steps > MC_TOKEN_BUDGET:
-            raise ValueError(f"Monte Carlo budget: rows x tokens must be at most {MC_TOKEN_BUDGET:,}, got {rows} x "
-                             f"{steps} = {rows * steps:,} ({n_samples} truth rows plus the decoders' own draws); "
-                             "lower the Monte Carlo samples or the steps")
     return prompt, exact
 
 
@@ -249,62 +313,131 @@ def _tick(progress: Progress | None, done: int, what: str) -> None:
         progress(done, STAGES, what)
 
 
+def decode_one(model, prompt: Sequence[int], steps: int, settings: DecoderSettings, exact: bool, key: str) -> Path:
+    """One deterministic decoder's output (``key`` in ``FIXED_KEYS``)."""
+    if key not in FIXED_KEYS:
+        raise ValueError(f"key must be one of {', '.join(FIXED_KEYS)}, got {key!r}")
+    pin_thread()
+    return dict(lineup(settings, steps, exact))[key].decode(model, list(prompt), steps)
+
+
 def decode_fixed(model, prompt: Sequence[int], steps: int, settings: DecoderSettings, exact: bool,
                  progress: Progress | None = None) -> dict[str, Path]:
     """The deterministic decoders' outputs (no seed): greedy, lookahead, beam."""
-    decoders = dict(lineup(settings, steps, exact))
     out = {}
-    pin_thread()
     for i, key in enumerate(FIXED_KEYS):
-        _tick(progress, i, decoders[key].label)
-        out[key] = decoders[key].decode(model, list(prompt), steps)
+        _tick(progress, i, key)
+        out[key] = decode_one(model, prompt, steps, settings, exact, key)
     return out
 
 
 @dataclass(frozen=True, eq=False)
 class Drawn:
-    """A request's random part, shared by every goal of one family (``pointwise`` or distribution
-    matching): each random decoder's shown draw, the samples from P shown, and (neural models) the truth
-    rollout. For the pointwise goals it scores every output known before it (the deterministic
-    decoders', the random decoders' own draws, MBR's ε-sampled candidates); for distribution matching it
-    keeps every sampler's divergence statistics instead (they cost a few passes over every row's
-    distribution, so they are computed only for those goals)."""
+    """A request's random part after some waves, shared by every goal of one family (``pointwise`` or
+    distribution matching): each random decoder's shown draw, the samples from P shown, and (neural models)
+    the truth rollout of the waves so far. For the pointwise goals it scores every output known before it
+    (the deterministic decoders', the random decoders' own draws, MBR's ε-sampled candidates); for
+    distribution matching it keeps every sampler's divergence statistics instead (they cost a few passes over
+    every row's distribution, so they are computed only for those goals).
+
+    ``memo`` holds what scoring computes once per request whatever the rows (the 0-1 mode, the teacher-forced
+    pass over the outputs fixed before the waves); every ``Drawn`` of one request shares it."""
 
     shown: dict[str, Path]
     samples: tuple[Path, ...]
     rollout: Rollout | None
     pointwise: bool
+    waves: tuple[Wave, ...] = ()
+    memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        """Truth rows so far (0 for an exact toy)."""
+        return 0 if self.rollout is None else self.rollout.n
+
+    def truth_samples(self, eos_id: int | None = None) -> Samples | None:
+        """The truth rows in the rollout's (fold) order, as ``Samples`` (e.g. the ``truth_samples`` of
+        ``core.risk.estimate_risk``, to score other decoders on the same rows); None for a toy."""
+        if not self.waves:
+            return None
+        order = fold_order([w.n for w in self.waves])
+        lps = torch.cat([w.step_logprobs for w in self.waves])[order]
+        return Samples(torch.cat([w.tokens for w in self.waves])[order], lps, lps, eos_id)
+
+
+def _draw_exact(model, steps: int, seed: int, settings: DecoderSettings, random, pointwise: bool) -> Drawn:
+    """A toy's shown draws (each random decoder decoded with the seed) and samples from P (seed + 1)."""
+    specs = [(1, seed, d) for _, d in random]
+    if settings.shown_samples:
+        specs.append((settings.shown_samples, seed + 1, None))
+    drawn = sample_groups(model, [], steps, specs)
+    shown = {key: d.paths()[0] for (key, _), d in zip(random, drawn)}
+    samples = tuple(drawn[-1].paths()) if settings.shown_samples else ()
+    return Drawn(shown, samples, None, pointwise)
+
+
+def draw_waves(model, prompt: Sequence[int], steps: int, seed: int, settings: DecoderSettings, n_samples: int,
+               fixed: dict[str, Path], exact: bool, pointwise: bool = True, done: Drawn | None = None,
+               progress: Progress | None = None) -> Iterator[Drawn]:
+    """The request's random part wave by wave (see the module doc): yields a ``Drawn`` after every wave, the
+    one after the waves of n rows equal to the request for n rows. ``done``: a ``Drawn`` of the same request
+    (any n) whose waves are reused where the schedule for ``n_samples`` has them. Toys: one exact ``Drawn``."""
+    _tick(progress, len(FIXED_KEYS), "sampling")
+    prompt = list(prompt)
+    random = _random(settings, steps, exact)
+    pin_thread()
+    if exact:
+        yield _draw_exact(model, steps, seed, settings, random, pointwise)
+        return
+    eos = getattr(model, "eos_id", None)
+    targets = {key: path_targets([fixed[key]], steps, eos) for key in FIXED_KEYS} if pointwise else {}
+    samplers = {} if pointwise else dict(random)
+    groups = _groups(candidate_sampler(model, settings.mbr_epsilon), settings, seed, random, pointwise)
+    joined, ranges = target_groups(targets, steps, groups)
+    for key, d in random:  # a random decoder's shown output: its first own draw
+        name = "shown:ancestral" if d.is_identity else f"draws:{key}"
+        ranges[f"shown:{key}"] = (ranges[name][0], ranges[name][0] + 1)
+    sizes = wave_sizes(n_samples)
+    reuse = list(done.waves) if done is not None and done.pointwise == pointwise else []
+    memo = done.memo if reuse else {}
+    waves: list[Wave] = []
+    for w, size in enumerate(sizes):
+        if w < len(reuse) and reuse[w].n == size and len(waves) == w:
+            waves.append(reuse[w])
+        else:
+            if w == 0:
+                waves.append(walk_wave(model, prompt, steps, size, derived_seed(seed, WAVES_STREAM, 0),
+                                       targets=joined, samplers=samplers, groups=groups))
+                drawn = waves[0].drawn
+                joined = (torch.cat([joined[0], *(drawn[g.name].tokens for g in groups)]),
+                          torch.cat([joined[1], *(drawn[g.name].logprob.double() for g in groups)]))
+            else:
+                waves.append(walk_wave(model, prompt, steps, size, derived_seed(seed, WAVES_STREAM, w),
+                                       targets=joined, samplers=samplers, cands=waves[0].cands))
+        if w == 0 and reuse and waves[0] is reuse[0]:
+            drawn = waves[0].drawn
+            joined = (torch.cat([joined[0], *(drawn[g.name].tokens for g in groups)]),
+                      torch.cat([joined[1], *(drawn[g.name].logprob.double() for g in groups)]))
+        first = waves[0]
+        shown = {key: first.drawn["shown:ancestral" if d.is_identity else f"draws:{key}"].paths()[0]
+                 for key, d in random}
+        samples = tuple(first.samples(eos).paths()[: settings.shown_samples])
+        rollout = Rollout.from_waves(steps, seed, waves, joined, ranges)
+        yield Drawn(shown, samples, rollout, pointwise, tuple(waves), memo)
 
 
 def draw(model, prompt: Sequence[int], steps: int, seed: int, settings: DecoderSettings, n_samples: int,
          fixed: dict[str, Path], exact: bool, pointwise: bool = True, progress: Progress | None = None) -> Drawn:
-    """Every random draw in one grouped walk (``sample_groups``), then (neural models) one truth walk
-    of ``n_samples`` rows (``roll_out``) that scores the fixed outputs and every draw."""
-    _tick(progress, len(FIXED_KEYS), "sampling")
-    prompt = list(prompt)
-    random = [(k, d) for k, d in lineup(settings, steps, exact) if d.is_random]
-    specs = _draw_specs(model, settings, seed, n_samples, exact, random, pointwise)
-    pin_thread()
-    drawn = dict(zip([name for name, _ in specs], sample_groups(model, prompt, steps, [s for _, s in specs])))
-    shown = {key: drawn[f"shown:{key}"].paths()[0] for key, _ in random}
-    samples = tuple(drawn["samples"].paths()) if "samples" in drawn else ()
-    if exact:
-        return Drawn(shown, samples, None, pointwise)
-    eos = getattr(model, "eos_id", None)
-    targets, samplers = {}, {}
-    if pointwise:
-        targets = {key: path_targets([fixed[key]], steps, eos) for key in FIXED_KEYS}
-        targets.update({f"shown:{key}": path_targets([shown[key]], steps, eos) for key, _ in random})
-        targets.update({name: draw_targets(drawn[name], steps, eos) for name, _ in specs
-                        if name.startswith("draws:") or name == "mbr"})
-    else:
-        samplers = dict(random)
-    rollout = roll_out(model, prompt, steps, n_samples, seed, targets=targets, samplers=samplers)
-    return Drawn(shown, samples, rollout, pointwise)
+    """Every wave of the request (``draw_waves``): the random draws and the truth rollout of ``n_samples``
+    rows that scores the fixed outputs and every draw."""
+    *_, last = draw_waves(model, prompt, steps, seed, settings, n_samples, fixed, exact, pointwise, progress=progress)
+    return last
 
 
 def _label(key: str, decoder) -> str:
-    return "ancestral sampling (τ=1, = P)" if key == "ancestral" else decoder.label
+    if key == "ancestral":
+        return "ancestral sampling (τ=1, = P)"
+    return decoder.label
 
 
 def _outputs(model, rows: torch.Tensor, scored) -> list[Output]:
@@ -328,10 +461,22 @@ def _budget_note(decoder, path: Path) -> str:
     return ""
 
 
+def _teacher_forced(model, prompt: list[int], rows: torch.Tensor, memo: dict | None, key: str):
+    """``score_outputs`` of ``rows``, kept in ``memo`` under ``key`` (the rows fixed before the waves)."""
+    if memo is not None and key in memo and torch.equal(memo[key][0], rows):
+        return memo[key][1]
+    scored = score_outputs(model, prompt, rows)
+    if memo is not None:
+        memo[key] = (rows, scored)
+    return scored
+
+
 def score(model, prompt: Sequence[int], steps: int, seed: int, goal, settings: DecoderSettings, n_samples: int,
           fixed: dict[str, Path], drawn: Drawn, exact: bool, progress: Progress | None = None) -> Comparison:
-    """The goal's part: Bayes output, MBR's pick, one teacher-forced pass over every displayed output
-    (log-probs, ranks, the greedy certificate), and every risk and regret."""
+    """The goal's part: Bayes output, MBR's pick, teacher-forced passes over every displayed output (log-probs,
+    ranks, the greedy certificate: one pass over the outputs fixed before the truth rows, one over MBR's pick and
+    the Bayes output), and every risk and regret. ``n_samples`` is the request's; a ``drawn`` of fewer truth
+    rows (a partial result) gives the result of the request for that many rows."""
     _tick(progress, len(FIXED_KEYS) + 1, "the goal's Bayes output and the risks")
     if drawn.pointwise != goal.pointwise:
         raise ValueError(f"the draws were made for {'pointwise goals' if drawn.pointwise else 'distribution matching'}"
@@ -348,22 +493,26 @@ def score(model, prompt: Sequence[int], steps: int, seed: int, goal, settings: D
         parts = _score_monte_carlo(model, prompt, steps, goal, decoders, paths, drawn, mbr)
     bayes_tokens, rows_spec, bayes_exact, bayes_method, mbr_choice = parts
     keys = [key for key, _, _, _, _ in rows_spec]
-    shown_rows = [paths[key].tokens if key in paths else (mbr_choice[0] if key == "mbr" else bayes_tokens)
-                  for key in keys]
-    displayed = padded_rows(shown_rows + [p.tokens for p in drawn.samples], steps, eos)
-    scored = score_outputs(model, prompt, displayed)
-    outputs = _outputs(model, displayed, scored)
-    greedy = keys.index("greedy")
-    certificate = certificate_from_scores(displayed[greedy].tolist(), scored.step_logprobs[greedy],
-                                          scored.runner_up[greedy])
+    static_keys = [key for key in keys if key in paths]
+    static = padded_rows([paths[key].tokens for key in static_keys] + [p.tokens for p in drawn.samples], steps, eos)
+    chosen = padded_rows([mbr_choice[0] if key == "mbr" else bayes_tokens for key in keys if key not in paths],
+                         steps, eos)
+    memo = None if exact else drawn.memo
+    outputs = _outputs(model, static, _teacher_forced(model, prompt, static, memo, "static"))
+    by_key = dict(zip(static_keys, outputs))
+    by_key.update(zip([key for key in keys if key not in paths],
+                      _outputs(model, chosen, score_outputs(model, prompt, chosen))))
+    scored = memo["static"][1] if memo is not None else score_outputs(model, prompt, static[:1])
+    certificate = certificate_from_scores(static[0].tolist(), scored.step_logprobs[0], scored.runner_up[0])
     rows = []
-    for (key, decoder, label, risk, regret), out in zip(rows_spec, outputs):
+    for key, decoder, label, risk, regret in rows_spec:
         note = _budget_note(decoder, paths[key]) if key in paths else ""
-        rows.append(Row(key, label, repr(decoder), decoder.is_random, out, risk, regret, note or risk.note))
+        rows.append(Row(key, label, repr(decoder), decoder.is_random, by_key[key], risk, regret, note or risk.note))
     _tick(progress, STAGES, "done")
     rollout = drawn.rollout
-    return Comparison(tuple(rows), tuple(outputs[len(keys):]), goal.name, steps, seed, 0 if exact else n_samples,
-                      exact, bayes_exact, bayes_method, 0 if rollout is None else rollout.n_select,
+    return Comparison(tuple(rows), tuple(outputs[len(static_keys):]), goal.name, steps, seed,
+                      0 if exact else rollout.n, exact, bayes_exact, bayes_method,
+                      0 if rollout is None else rollout.n_select,
                       "" if mbr_choice is None else mbr_choice[1], mbr_choice is not None and mbr_choice[2],
                       certificate)
 
@@ -403,7 +552,13 @@ def _score_monte_carlo(model, prompt, steps: int, goal, decoders, paths: dict[st
                        mbr: MBR | None):
     """Risks and regrets from the truth rollout; the Bayes output and MBR's pick chosen on fold A."""
     rollout = drawn.rollout
-    bayes = goal.monte_carlo_bayes(model, prompt, rollout, BAYES_NODE_BUDGET)
+    if goal.pointwise and not goal.needs_references(steps):  # the 0-1 mode: a search that reads no truth rows
+        key = ("bayes", goal)
+        if key not in drawn.memo:
+            drawn.memo[key] = goal.monte_carlo_bayes(model, prompt, rollout, BAYES_NODE_BUDGET)
+        bayes = drawn.memo[key]
+    else:
+        bayes = goal.monte_carlo_bayes(model, prompt, rollout, BAYES_NODE_BUDGET)
     eos = getattr(model, "eos_id", None)
     rows = []
     for key, d in decoders:
@@ -480,3 +635,121 @@ def empirical_distribution(model, sampler: Sampling, steps: int, n: int, seed: i
     for row in drawn.tokens.tolist():
         counts[tuple(row)] = counts.get(tuple(row), 0) + 1
     return {k: c / n for k, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+# ---- predicted seconds, and the request that fits a budget ------------------------------------------------
+
+# ``logprobs`` calls per committed token of ``Lookahead(depth)`` (batches of ``Lookahead.batch`` nodes), measured
+# on the shipped model's prompts (depth 4 approaches its node budget); a search never makes more than
+# node_budget / batch calls per token.
+LOOKAHEAD_CALLS = {1: 1, 2: 6, 3: 16, 4: 45}
+BEAM_BOOKKEEPING = 3  # a beam step's bookkeeping, in greedy steps' (ranking 2·width continuations, reordering)
+SORTING_ARGS = ("top_p", "typical_p", "min_p")  # warpers that sort the vocabulary at every step
+MODE_CALLS = 4  # ``logprobs`` calls of 16 nodes a 0-1 mode search typically makes (its budget allows 16)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted seconds of a Compare request's stages on a model with a measured ``CostModel``: each fixed
+    decoder, each wave (the first with every random decoder's draws and MBR's candidates), and scoring (once,
+    plus once per wave for the partial results the page shows)."""
+
+    fixed: dict[str, float]
+    waves: tuple[float, ...]
+    scoring: float
+
+    @property
+    def total(self) -> float:
+        return sum(self.fixed.values()) + sum(self.waves) + self.scoring
+
+
+def _group_row_s(cost: CostModel, sampler) -> float:
+    """Extra seconds per row and step of drawing from ``sampler`` (a sort for top-p and its kind)."""
+    if sampler is None or not any(getattr(sampler, arg) is not None for arg in SORTING_ARGS):
+        return 0.0
+    return max(0.0, cost.sort_row_s - cost.row_token_s)
+
+
+def predict(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSettings, n_samples: int,
+            pointwise: bool = True, exact: bool = False) -> Prediction:
+    """Predicted seconds of ``compare`` (stage by stage) for a prompt of ``prompt_len`` tokens; no model call.
+    Toys: their exact computations are small (a few ``logprobs`` calls per decoder and step)."""
+    decoders = dict(lineup(settings, steps, exact))
+    if exact:
+        per = cost.forwards(steps)
+        return Prediction({key: per for key in FIXED_KEYS}, (), per * len(decoders))
+    look = decoders["lookahead"]
+    calls = min(LOOKAHEAD_CALLS.get(look.depth, 64), math.ceil(look.node_budget / look.batch))
+    beam = settings.beam_width
+    fixed = {
+        "greedy": cost.walk(1, steps, prompt_len),
+        "lookahead": cost.prefill(prompt_len) + steps * calls * (cost.step(look.batch) + cost.token_s),
+        "beam": cost.prefill(prompt_len) + steps * (cost.step(beam) + BEAM_BOOKKEEPING * cost.token_s),
+    }
+    random = [(k, d) for k, d in decoders.items() if d.is_random]
+    groups = _groups(Sampling(epsilon_cutoff=settings.mbr_epsilon), settings, 0, random, pointwise)
+    sizes = wave_sizes(n_samples)
+    waves = []
+    for w, size in enumerate(sizes):
+        rows = size + (sum(g.n for g in groups) if w == 0 else 0)
+        extra = (sum(g.n * _group_row_s(cost, g.sampler) for g in groups) + len(groups) * cost.token_s if w == 0
+                 else 0.0)  # each group's warp and draw: a sort for top-p, a few small ops for every group
+        waves.append(cost.walk(rows, steps, prompt_len) + steps * extra)
+    shown = len(FIXED_KEYS) + len(random) + settings.shown_samples
+    once = cost.prefill(steps, shown) + (MODE_CALLS * cost.forwards(1, 16) if pointwise and steps > 0 else 0.0)
+    per_wave = cost.prefill(steps, 2) + cost.token_s * len(decoders)
+    return Prediction(fixed, tuple(waves), once + per_wave * len(sizes))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a click runs: the requested steps, Monte Carlo rows and settings, or less where the prediction is over
+    the budget (``caps`` say what was lowered and why), with the predicted seconds of both."""
+
+    steps: int
+    n_samples: int
+    settings: DecoderSettings
+    caps: tuple[Capped, ...]
+    predicted_s: float
+    full_s: float
+
+    @property
+    def capped(self) -> bool:
+        return bool(self.caps)
+
+
+def plan(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSettings, n_samples: int, budget_s: float,
+         pointwise: bool = True, exact: bool = False, min_steps: int = 1) -> Plan:
+    """The request to run within ``budget_s`` predicted seconds: the Monte Carlo rows first, down to a partial
+    size of the request (``partial_sizes``: so the full computation continues from the capped one), then, if the
+    fewest rows still take too long, the steps (not below ``min_steps``, e.g. the goal's N-gram window), the
+    lookahead depth following the steps down where it would exceed them. Toys are never capped."""
+    def at(s: int) -> DecoderSettings:
+        return settings if settings.lookahead_depth <= s else replace(settings, lookahead_depth=s)
+
+    def seconds(s: int, n: int) -> float:
+        return predict(cost, prompt_len, s, at(s), n, pointwise, exact).total
+
+    full = seconds(steps, n_samples)
+    if exact or full <= budget_s:
+        return Plan(steps, n_samples, settings, (), full, full)
+    sizes = partial_sizes(n_samples)
+    i = 0
+    while i + 1 < len(sizes) and seconds(steps, sizes[i + 1]) <= budget_s:
+        i += 1
+    n, caps = sizes[i], []
+    if n < n_samples:
+        caps.append(Capped("Monte Carlo samples", n_samples, n, full, seconds(steps, n), budget_s))
+    s = steps
+    if seconds(steps, n) > budget_s:
+        lo, hi = min(steps, max(1, min_steps)), steps
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if seconds(mid, n) <= budget_s else (lo, mid)
+        s = lo if seconds(hi, n) > budget_s else hi
+        if s < steps:
+            caps.append(Capped("Steps", steps, s, seconds(steps, n), seconds(s, n), budget_s))
+        if at(s) is not settings:
+            caps.append(Capped("Lookahead depth", settings.lookahead_depth, s, seconds(steps, n), seconds(s, n),
+                               budget_s))
+    return Plan(s, n, at(s), tuple(caps), seconds(s, n), full)

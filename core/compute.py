@@ -146,12 +146,29 @@ def _in_inference_mode(fn: Callable[[int, int], T], a: int, b: int) -> T:
 
 
 def map_chunks(fn: Callable[[int, int], T], chunks: Sequence[tuple[int, int]]) -> list[T]:
-    """``[fn(a, b) for a, b in chunks]``, the chunks after the first on pool workers while the caller
-    computes the first. Every thread that runs ``fn`` holds ``INTRA_OP_THREADS`` intra-op threads."""
+    """``[fn(a, b) for a, b in chunks]``, computed by the caller and the pool workers together, each taking the
+    next chunk not yet taken (so 4 chunks on 2 threads take 2 chunk-times, not 3). A chunk's result does not
+    depend on which thread computes it. Every thread that runs ``fn`` holds ``INTRA_OP_THREADS`` intra-op
+    threads."""
     pin_thread()
     pool = _executor() if len(chunks) > 1 else None
     if pool is None:
         return [fn(a, b) for a, b in chunks]
-    futures = [pool.submit(_in_inference_mode, fn, a, b) for a, b in chunks[1:]]
-    first = fn(*chunks[0])
-    return [first, *(f.result() for f in futures)]
+    results: list = [None] * len(chunks)
+    order = iter(range(len(chunks)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(order, None)
+            if i is None:
+                return
+            results[i] = fn(*chunks[i])
+
+    futures = [pool.submit(_in_inference_mode, lambda a, b: work(), 0, 0)
+               for _ in range(min(_workers - 1, len(chunks) - 1))]
+    work()
+    for f in futures:
+        f.result()
+    return results

@@ -50,6 +50,12 @@ class CostModel:
         prefill_s: seconds per token of a multi-token feed of one row (prompt passes, teacher forcing).
         request_s: servers: seconds of one request returning one row of log-probs (0 otherwise).
         concurrency: servers: requests in flight at once.
+        token_s: seconds a decoding step spends besides the forward pass (choosing the token, bookkeeping),
+            once per step whatever the rows.
+        row_token_s: seconds per row and step of vocabulary-wide work in a walk (drawing a token from the
+            model's distribution, the rollout's statistics).
+        sort_row_s: seconds per row and step of a warper that sorts the vocabulary (top-p, typical, min-p)
+            and the draw after it.
     """
 
     kind: str
@@ -58,6 +64,9 @@ class CostModel:
     prefill_s: float
     request_s: float = 0.0
     concurrency: int = 1
+    token_s: float = 0.0
+    row_token_s: float = 0.0
+    sort_row_s: float = 0.0
 
     def __post_init__(self):
         if len(self.rows) != len(self.step_s) or not self.rows:
@@ -87,7 +96,7 @@ class CostModel:
         (sampling or teacher forcing one token per step): one prompt pass, then one step per token."""
         if self.kind == "server":  # one request per row, every token of it in that request
             return self.step(rows) * (1 + steps / 8)
-        return self.prefill(prompt) + steps * self.step(rows)
+        return self.prefill(prompt) + steps * (self.step(rows) + self.token_s + max(1, int(rows)) * self.row_token_s)
 
     def prefill(self, tokens: int, rows: int = 1) -> float:
         """Seconds of feeding ``tokens`` tokens to each of ``rows`` rows in one pass."""
@@ -96,8 +105,9 @@ class CostModel:
         return self.step_s[0] + self.prefill_s * max(0, int(tokens)) * max(1, int(rows))
 
     def forwards(self, count: int, rows: int = 1) -> float:
-        """Seconds of ``count`` separate one-token steps of ``rows`` rows (searches, greedy, beams)."""
-        return max(0, int(count)) * self.step(rows)
+        """Seconds of ``count`` separate one-token steps of ``rows`` rows (searches, greedy, beams), each with
+        its bookkeeping."""
+        return max(0, int(count)) * (self.step(rows) + self.token_s)
 
 
 def measure(model, prompt: Sequence[int] = (), rows: Sequence[int] = MEASURED_ROWS) -> CostModel:
@@ -127,7 +137,35 @@ def measure(model, prompt: Sequence[int] = (), rows: Sequence[int] = MEASURED_RO
     session.advance([0])  # warm-up
     feed = _timed(lambda: session.feed([list(range(1, PREFILL_TOKENS + 1))]))
     prefill = max(0.0, (feed - timed[0]) / PREFILL_TOKENS)
-    return CostModel("local", tuple(measured), _ascending(timed), prefill)
+    step_s = _ascending(timed)
+    token_s = max(0.0, _fastest(lambda: _timed(lambda: _greedy(model, prompt))) / GREEDY_TOKENS - step_s[0])
+    row_s, sort_s = _row_costs(session.last)
+    return CostModel("local", tuple(measured), step_s, prefill, token_s=token_s, row_token_s=row_s, sort_row_s=sort_s)
+
+
+GREEDY_TOKENS = 4  # tokens of the greedy decode timed for a step's bookkeeping
+DRAW_ROWS = 16  # rows of the draws timed for a walk's per-row work
+
+
+def _greedy(model, prompt: list[int]) -> None:
+    from core.decoders import Greedy
+
+    Greedy().decode(model, prompt, GREEDY_TOKENS)
+
+
+def _row_costs(last) -> tuple[float, float]:
+    """Seconds per row of a walk step's vocabulary-wide work on ``DRAW_ROWS`` copies of a real next-token
+    distribution: (a draw from it plus the exponentials the rollout takes, a top-p warp and draw)."""
+    import torch
+
+    from core.decoders import Sampling, draw
+
+    lp = last[:1].expand(DRAW_ROWS, -1).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    plain = _fastest(lambda: _timed(lambda: (draw(lp, gen), lp.exp(), lp.exp())))
+    sampler = Sampling(top_p=0.9)
+    sorted_ = _fastest(lambda: _timed(lambda: draw(sampler.warp(lp), gen)))
+    return plain / DRAW_ROWS, sorted_ / DRAW_ROWS
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -19,6 +19,12 @@ Folds: the first ``n // 2`` truth rows are fold A (choosing outputs that depend 
 output, MBR), the rest fold B (scoring them, independent of the choice). Nothing here depends on the
 goal itself, so every pointwise goal (any N) scores from the same rollout.
 
+Waves: ``walk_wave`` walks one batch of truth rows (and, optionally, groups of other rows drawn in the same
+walk, whose tokens are targets as they are drawn); ``Rollout.from_waves`` joins waves into one rollout whose
+fold A is the first half of every wave and fold B the second halves, in the same order, so the partner of row
+a is row a + n // 2 as above. ``roll_out`` is one wave. ``core.compare`` runs a request as waves of doubling
+size, each with its own seed, so the rollout after the first waves is the rollout of a request for fewer rows.
+
 ``score_outputs`` is the one teacher-forced pass over outputs known only later (displayed outputs, the
 Bayes output): one ``feed`` of all rows through a cached session, linear in steps.
 
@@ -41,8 +47,9 @@ import numpy as np
 import torch
 
 from core.compute import pin_thread
-from core.decoders import Path, Samples, Sampling, check_count, top_indices, walk
+from core.decoders import Path, Samples, Sampling, check_count, draw, sum_in_order, top_indices
 from core.protocol import absorb_eos, pad_after_eos, start_session
+from core.sampling import draws_on_server
 
 CANDIDATES = 16  # tokens per position kept for the Bayes output's window marginals
 # A random decoder scored against n truth rows draws n // DRAW_SHARE rows of its own, clamped to
@@ -51,14 +58,16 @@ CANDIDATES = 16  # tokens per position kept for the Bayes output's window margin
 # 92% at 12 draws, 95% at 25).
 DRAW_SHARE = 8
 MIN_DRAWS, MAX_DRAWS = 16, 64
-DRAWS_STREAM, MBR_STREAM, REFERENCES_STREAM = 1, 2, 3  # derived seeds (see ``derived_seed``)
+DRAWS_STREAM, MBR_STREAM, REFERENCES_STREAM, WAVES_STREAM = 1, 2, 3, 4  # derived seeds (see ``derived_seed``)
 
 
-def derived_seed(seed: int, stream: int) -> int:
+def derived_seed(seed: int, stream: int, index: int | None = None) -> int:
     """A seed independent of ``seed``'s own stream (for draws that must not share uniforms with the
     truth rows): stream 1 a random decoder's Monte Carlo draws, 2 MBR's candidates, 3 MBR's own
-    pseudo-references (so a truth rollout with ``seed`` scores MBR's pick on rows it was not chosen on)."""
-    return int(np.random.SeedSequence([int(seed) % 2**63, int(stream)]).generate_state(1)[0])
+    pseudo-references (so a truth rollout with ``seed`` scores MBR's pick on rows it was not chosen on),
+    ``WAVES_STREAM`` with ``index`` w the truth rows of wave w of a progressive rollout."""
+    key = [int(seed) % 2**63, int(stream)] + ([] if index is None else [int(index)])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def sampler_draws(n: int) -> int:
@@ -138,7 +147,7 @@ class _DivergenceAccumulator:
             self.log_ratio += scores.gather(1, idx).squeeze(1) - lse - step.lp_y
             return
         if self.kind == "warp":
-            warped = self.sampler.warp(lp)
+            warped = self.sampler.warp(lp, step.history if self.sampler.needs_history else None)
             p = step.p
             cut_here = (p > 0) & (warped == -math.inf)
             diff = torch.where(p > 0, lp.double() - warped.double(), torch.zeros_like(lp, dtype=torch.float64))
@@ -191,14 +200,15 @@ class _StepView:
     total: torch.Tensor  # [n] float64 Σ p (1 up to rounding)
     plogp: torch.Tensor  # [n] float64 Σ p log p (0 log 0 = 0)
     lowest: torch.Tensor  # [n] the smallest log-prob of positive probability
+    history: torch.Tensor | None = None  # [n, L] each row's tokens so far (prompt included)
 
     @classmethod
-    def of(cls, lp: torch.Tensor, tok: torch.Tensor) -> _StepView:
+    def of(cls, lp: torch.Tensor, tok: torch.Tensor, history: torch.Tensor | None = None) -> _StepView:
         p = lp.exp()
         lowest = lp.masked_fill(lp == -math.inf, math.inf).min(1).values
         plogp = (p.double() * lp.double()).nansum(1)
         return cls(lp, tok, p, lp.gather(1, tok[:, None]).squeeze(1).double(), p.sum(1, dtype=torch.float64), plogp,
-                   lowest)
+                   lowest, history)
 
 
 # ---- the rollout ----------------------------------------------------------------------------------
@@ -249,6 +259,20 @@ class Rollout:
     divergences: dict[str, Divergence] = field(default_factory=dict)
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)
 
+    @classmethod
+    def from_waves(cls, steps: int, seed: int, waves: Sequence[Wave], targets: tuple[torch.Tensor, torch.Tensor],
+                   groups: Mapping[str, tuple[int, int]]) -> Rollout:
+        """The rollout of these waves' truth rows, in fold order (``fold_order``), with the first wave's
+        candidate tokens; the same waves give the same rollout however many more follow."""
+        order = fold_order([w.n for w in waves])
+        tokens = torch.cat([w.tokens for w in waves])[order]
+        logp = sum_in_order(torch.cat([w.step_logprobs for w in waves])[order])
+        return cls(steps, int(seed), tokens, logp, targets[0], targets[1],
+                   torch.cat([w.hits for w in waves], dim=1)[:, order],
+                   torch.cat([w.pair_hits for w in waves], dim=1)[:, order], waves[0].cands,
+                   torch.cat([w.cand_hits for w in waves], dim=1)[:, order], _merge_divergences(waves, order),
+                   dict(groups))
+
     @property
     def n(self) -> int:
         return self.tokens.shape[0]
@@ -281,10 +305,181 @@ class Rollout:
         return Columns(self.tokens, self.logp, self.pair_hits, "truth", sampler)
 
 
+@dataclass(frozen=True)
+class Group:
+    """Rows a walk draws besides the truth rows: ``n`` rows from ``sampler`` (None: the model itself) with a
+    generator seeded by ``seed``, one uniform per row and step, as ``sample_many(model, prompt, steps, n,
+    seed, sampler)`` draws them (bitwise where a row does not depend on the batch around it)."""
+
+    name: str
+    n: int
+    seed: int
+    sampler: Sampling | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Wave:
+    """One walk of truth rows (see ``walk_wave``), in walk order: its rows become fold A (the first half),
+    fold B (the second half) and, if the wave has an odd number of rows, one row alone at the end
+    (``Rollout.from_waves``). ``pair_hits`` pairs row a with row a + n//2 of the same wave.
+
+    Attributes:
+        drawn: the groups' rows ({name: Samples}); their tokens are targets after the fixed ones, in
+            group order.
+        step_logprobs: [n, steps] float64 log p(Y_i,t | Y_i,<t) of the truth rows.
+    """
+
+    seed: int
+    tokens: torch.Tensor
+    step_logprobs: torch.Tensor
+    hits: torch.Tensor
+    pair_hits: torch.Tensor
+    cands: torch.Tensor
+    cand_hits: torch.Tensor
+    divergences: dict[str, Divergence]
+    drawn: dict[str, Samples] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.tokens.shape[0]
+
+    def samples(self, eos_id: int | None) -> Samples:
+        """The truth rows as ``Samples`` (sampled from P: their warped log-probs are the model's)."""
+        return Samples(self.tokens, self.step_logprobs, self.step_logprobs, eos_id)
+
+
+def fold_order(sizes: Sequence[int]) -> torch.Tensor:
+    """Row order of waves of these sizes, merged: every wave's first half (fold A), every wave's second half
+    (fold B), then the odd row of the last wave, so row j of fold A pairs with row j of fold B."""
+    if any(s % 2 for s in sizes[:-1]):
+        raise ValueError(f"only the last wave may have an odd number of rows, got {list(sizes)}")
+    starts = np.cumsum([0, *sizes]).tolist()
+    a = [r for s, n in zip(starts, sizes) for r in range(s, s + n // 2)]
+    b = [r for s, n in zip(starts, sizes) for r in range(s + n // 2, s + 2 * (n // 2))]
+    odd = [starts[-1] - 1] if sizes and sizes[-1] % 2 else []
+    return torch.tensor(a + b + odd, dtype=torch.long)
+
+
+def _merge_divergences(waves: Sequence[Wave], order: torch.Tensor) -> dict[str, Divergence]:
+    out = {}
+    for key, first in waves[0].divergences.items():
+        parts = [w.divergences[key] for w in waves]
+        out[key] = Divergence(torch.cat([d.kl for d in parts])[order], torch.cat([d.tv for d in parts])[order],
+                              torch.cat([d.cut for d in parts])[order], any(d.any_cut for d in parts),
+                              first.identity)
+    return out
+
+
+def walk_wave(model, prompt: Sequence[int], steps: int, n: int, seed: int, *,
+              targets: tuple[torch.Tensor, torch.Tensor] | None = None, samplers: Mapping[str, Sampling] | None = None,
+              groups: Sequence[Group] = (), cands: torch.Tensor | None = None,
+              truth: torch.Tensor | None = None) -> Wave:
+    """One walk of n truth rows (drawn from the model with a generator seeded by ``seed``, or teacher-forced
+    from ``truth`` [n, steps]) and the ``groups``' rows, one batched forward per step.
+
+    At every step each truth row records the probability of every target's token (``targets``: tokens [m,
+    steps] padded after EOS and their log P [m]; then every group row's token as drawn at that step), of its
+    wave partner's token, and of the ``cands`` [steps, k] candidate tokens (default: the ``CANDIDATES`` tokens
+    of highest mean probability over this wave's fold A, the first n // 2 rows); per sampler in ``samplers``,
+    its ``Divergence`` statistics. A served model draws every row on its server first (unbiased whatever
+    truncation its rows carry), then the walk teacher-forces them."""
+    check_count("n", n)
+    prompt = [int(t) for t in prompt]
+    fixed = targets[0] if targets is not None else torch.zeros(0, steps, dtype=torch.long)
+    if fixed.dim() != 2 or fixed.shape[1] != steps:
+        raise ValueError(f"targets must be [m, {steps}] tokens, got {list(fixed.shape)}")
+    groups = list(groups)
+    for g in groups:
+        check_count(f"group {g.name!r} rows", g.n)
+    bounds = np.cumsum([n] + [g.n for g in groups]).tolist()
+    rows = bounds[-1]
+    given_truth = truth.to(torch.long) if truth is not None else None
+    given_groups = None  # a served model: its server draws every row
+    specs = ([] if truth is not None else [(n, seed, None)]) + [(g.n, g.seed, g.sampler) for g in groups]
+    if draws_on_server(model) and specs:
+        served = model.sample_groups(prompt, steps, specs, None)
+        if truth is None:
+            given_truth, served = served[0].tokens, served[1:]
+        if groups:
+            given_groups = torch.cat([d.tokens for d in served])
+            step_wlp_given = torch.cat([d.step_warped_logprobs for d in served])
+    gen = torch.Generator().manual_seed(int(seed))
+    gens = [torch.Generator().manual_seed(int(g.seed)) for g in groups]
+    warpers = [g.sampler or Sampling() for g in groups]
+    half = max(n // 2, 1)
+    partner = partners(n)
+    accs = {key: _DivergenceAccumulator(s, n) for key, s in (samplers or {}).items()}
+    k = min(CANDIDATES, int(model.vocab_size)) if cands is None else cands.shape[1]
+    tokens = torch.empty(rows, steps, dtype=torch.long)
+    step_lp = torch.zeros(rows, steps, dtype=torch.float64)
+    step_wlp = step_wlp_given if given_groups is not None else torch.zeros(rows - n, steps, dtype=torch.float64)
+    out_cands = torch.empty(steps, k, dtype=torch.long) if cands is None else cands
+    hits = pair_hits = cand_hits = None
+    pin_thread()
+    session = start_session(model, prompt, batch=rows, steps=steps)
+    for s in range(steps):
+        lp = session.last
+        parts = [given_truth[:, s] if given_truth is not None else draw(lp[:n] if groups else lp, gen)]
+        if given_groups is not None:
+            parts.append(given_groups[:, s])
+        for g, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            if given_groups is not None:
+                break
+            sampler = warpers[g]
+            warped = sampler.warp(lp[a:b], session.history[a:b] if sampler.needs_history else None)
+            chosen = draw(warped, gens[g])
+            step_wlp[a - n : b - n, s] = warped.gather(1, chosen[:, None]).squeeze(1).double()
+            parts.append(chosen)
+        tok = torch.cat(parts) if len(parts) > 1 else parts[0]
+        tokens[:, s] = tok
+        step_lp[:, s] = lp.gather(1, tok[:, None]).squeeze(1).double()
+        truth_lp = lp[:n] if groups else lp
+        if hits is None:
+            hits = torch.empty(steps, n, fixed.shape[0] + rows - n, dtype=lp.dtype)
+            pair_hits = torch.empty(steps, n, dtype=lp.dtype)
+            cand_hits = torch.empty(steps, n, k, dtype=lp.dtype)
+        columns = torch.cat([fixed[:, s], tok[n:]]) if groups else fixed[:, s]
+        hits[s] = truth_lp[:, columns].exp()
+        pair_hits[s] = truth_lp.gather(1, tok[:n][partner][:, None]).squeeze(1).exp()
+        if cands is None:
+            out_cands[s] = top_indices(truth_lp[:half].exp().mean(0, dtype=torch.float64), k)
+        cand_hits[s] = truth_lp[:, out_cands[s]].exp()
+        if accs:
+            view = _StepView.of(truth_lp, tok[:n], session.history[:n])
+            for acc in accs.values():
+                acc.observe(view)
+        if s + 1 < steps:
+            session.advance(tok.tolist())
+    eos = getattr(model, "eos_id", None)
+    drawn = {g.name: Samples(tokens[a:b], step_lp[a:b], step_wlp[a - n : b - n], eos)
+             for g, a, b in zip(groups, bounds, bounds[1:])}
+    return Wave(int(seed), tokens[:n], step_lp[:n], hits, pair_hits, out_cands, cand_hits,
+                {key: acc.result() for key, acc in accs.items()}, drawn)
+
+
+def target_groups(targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], steps: int,
+                  groups: Sequence[Group] = ()) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, tuple[int, int]]]:
+    """(tokens [m, steps], log P [m]) of the fixed targets joined, and every target group's column range: the
+    fixed ones first, then the ``groups`` (drawn in a walk) in order."""
+    ranges, start = {}, 0
+    for key, (tok, _) in targets.items():
+        if tok.dim() != 2 or tok.shape[1] != steps:
+            raise ValueError(f"targets[{key!r}] must be [m, {steps}] tokens, got {list(tok.shape)}")
+        ranges[key] = (start, start + tok.shape[0])
+        start += tok.shape[0]
+    for g in groups:
+        ranges[g.name] = (start, start + g.n)
+        start += g.n
+    tgt = torch.cat([t for t, _ in targets.values()]) if targets else torch.zeros(0, steps, dtype=torch.long)
+    tgt_logp = (torch.cat([lp.double() for _, lp in targets.values()]) if targets
+                else torch.zeros(0, dtype=torch.float64))
+    return (tgt, tgt_logp), ranges
+
+
 def roll_out(model, prompt: Sequence[int], steps: int, n: int, seed: int, *,
              targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
              samplers: Mapping[str, Sampling] | None = None, truth: torch.Tensor | None = None) -> Rollout:
-    """Walk n truth rows once (see the module doc).
+    """Walk n truth rows once (see the module doc): one ``walk_wave``.
 
     Args:
         targets: {key: (tokens [m, steps] padded after EOS, log P [m] float64)}, scored on every row.
@@ -293,43 +488,9 @@ def roll_out(model, prompt: Sequence[int], steps: int, n: int, seed: int, *,
             the rollout).
     """
     check_count("n", n)
-    targets = dict(targets or {})
-    groups, start = {}, 0
-    for key, (tok, _) in targets.items():
-        if tok.dim() != 2 or tok.shape[1] != steps:
-            raise ValueError(f"targets[{key!r}] must be [m, {steps}] tokens, got {list(tok.shape)}")
-        groups[key] = (start, start + tok.shape[0])
-        start += tok.shape[0]
-    tgt = torch.cat([t for t, _ in targets.values()]) if targets else torch.zeros(0, steps, dtype=torch.long)
-    tgt_logp = (torch.cat([lp.double() for _, lp in targets.values()]) if targets
-                else torch.zeros(0, dtype=torch.float64))
-    half = max(n // 2, 1)
-    partner = partners(n)
-    accs = {key: _DivergenceAccumulator(s, n) for key, s in (samplers or {}).items()}
-    tokens = torch.empty(n, steps, dtype=torch.long)
-    logp = torch.zeros(n, dtype=torch.float64)
-    k = min(CANDIDATES, int(model.vocab_size))
-    hits = pair_hits = cand_hits = None
-    cands = torch.empty(steps, k, dtype=torch.long)
-    pin_thread()
-    for step in walk(model, prompt, steps, n, seed=seed, tokens=truth):
-        s, lp, tok = step.t, step.logprobs, step.tokens
-        if hits is None:
-            hits = torch.empty(steps, n, tgt.shape[0], dtype=lp.dtype)
-            pair_hits = torch.empty(steps, n, dtype=lp.dtype)
-            cand_hits = torch.empty(steps, n, k, dtype=lp.dtype)
-        tokens[:, s] = tok
-        logp += lp.gather(1, tok[:, None]).squeeze(1).double()
-        hits[s] = lp[:, tgt[:, s]].exp()
-        pair_hits[s] = lp.gather(1, tok[partner][:, None]).squeeze(1).exp()
-        cands[s] = top_indices(lp[:half].exp().mean(0, dtype=torch.float64), k)
-        cand_hits[s] = lp[:, cands[s]].exp()
-        if accs:
-            view = _StepView.of(lp, tok)
-            for acc in accs.values():
-                acc.observe(view)
-    return Rollout(steps, int(seed), tokens, logp, tgt, tgt_logp, hits, pair_hits, cands, cand_hits,
-                   {key: acc.result() for key, acc in accs.items()}, groups)
+    joined, ranges = target_groups(dict(targets or {}), steps)
+    wave = walk_wave(model, prompt, steps, n, seed, targets=joined, samplers=samplers, truth=truth)
+    return Rollout.from_waves(steps, seed, [wave], joined, ranges)
 
 
 def draw_targets(drawn: Samples, steps: int, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,32 @@
 """Choice points: per-position entropy and probability along a path, what the lookahead heads said
-before head 1 did, and for two consecutive tokens H(X) + H(Y) = H(X|Y) + 2·I(X;Y) + H(Y|X)."""
+before head 1 did, and for two consecutive tokens H(X) + H(Y) = H(X|Y) + 2·I(X;Y) + H(Y|X).
+
+The path shows token by token while it is decoded; the pair's top-k and then the steps are capped when the
+model's measured cost predicts a click over the budget (with the full computation on request)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import streamlit as st
 
-from pages import inspect_helpers as ih
-from pages.common import Context, check_state, declare_state, in_range, setup_page, show_error
+from pages.common import setup_page
+
+ctx = setup_page("Choice points", "🔀")  # the page shell first: the heavy imports below run after it
+
+from core.choice_points import predict_pair, predict_path, predict_trace  # noqa: E402
+from pages import inspect_helpers as ih  # noqa: E402
+from pages.common import (  # noqa: E402
+    Context,
+    budget_seconds,
+    check_state,
+    declare_state,
+    full_requested,
+    in_range,
+    show_caps,
+    show_error,
+)
 
 PATHS = {"greedy": "Greedy path", "sample": "Sampled path (τ = 1, sidebar seed)"}
 METRIC_LABELS = {
@@ -19,10 +37,26 @@ METRIC_LABELS = {
 TOP_K_CHOICES = (4, 8, 16, 32, 64)
 
 
-def decoded_path(ctx: Context, kind: str):
-    if kind == "sample":
-        return ih.sampled_path(ctx.model, ctx.source, ctx.prompt_ids, ctx.steps, ctx.seed)
-    return ih.greedy_path(ctx.model, ctx.source, ctx.prompt_ids, ctx.steps)
+def guarded(ctx: Context) -> tuple[Context, int]:
+    """(the Context to run, the pair's top-k): the top-k, then the steps, capped when the page's work (the path,
+    its per-position tables, the pair's batched continuations) is predicted over the budget, saying so, with
+    the full computation on request."""
+    top_k = int(st.session_state["cp_top_k"])
+    asked = ("choice_points", ctx.source, ctx.prompt_ids, ctx.steps, top_k)
+    if ctx.is_toy or full_requested(asked):
+        return ctx, top_k
+    length, budget = len(ctx.prompt_ids), budget_seconds()
+
+    def seconds(steps: int, k: int) -> float:
+        return predict_path(ctx.cost, length, steps) + predict_trace(ctx.cost, steps, ctx.n_heads) + predict_pair(
+            ctx.cost, k)
+
+    k, cap_k = ih.cap_setting(lambda k: seconds(ctx.steps, k), top_k, TOP_K_CHOICES[0], "Top-k x's", budget,
+                              TOP_K_CHOICES)
+    steps, cap_steps = ih.cap_setting(lambda s: seconds(s, k), ctx.steps, 1, "Steps", budget)
+    caps = [c for c in (cap_k, cap_steps) if c is not None]
+    show_caps(caps, asked, seconds(ctx.steps, top_k), key="cp_full")
+    return dataclasses.replace(ctx, steps=steps), k
 
 
 def pair_positions(ctx: Context) -> list[int]:
@@ -72,7 +106,7 @@ def draw_heads(ctx: Context, tokens, trace) -> None:
         hide_index=True, key="cp_head_table")
 
 
-def draw_pair(ctx: Context, tokens, marked: tuple[int, ...]) -> None:
+def draw_pair(ctx: Context, tokens, marked: tuple[int, ...], top_k: int) -> None:
     st.subheader("Two consecutive tokens: H(X) + H(Y) = H(X|Y) + 2·I(X;Y) + H(Y|X)")
     positions = pair_positions(ctx)
     if not positions:
@@ -87,9 +121,9 @@ def draw_pair(ctx: Context, tokens, marked: tuple[int, ...]) -> None:
                          format_func=lambda i: f"{i}: “{ih.token_name(ctx.model, tokens[i])}”"
                                                + (" (boxed above)" if i in marked else ""))
     with right:
-        top_k = st.selectbox("Top-k x's", TOP_K_CHOICES, key="cp_top_k",
-                             help="How many values of X get their exact continuation p(y|x): one batched "
-                                  "forward pass of this many prefixes.")
+        st.selectbox("Top-k x's", TOP_K_CHOICES, key="cp_top_k",
+                     help="How many values of X get their exact continuation p(y|x): one batched "
+                          "forward pass of this many prefixes.")
     est = ih.pair_estimate(ctx.model, ctx.source, (*ctx.prompt_ids, *tokens[:t]), int(top_k))
     d = est.decomposition
     cols = st.columns(5)
@@ -131,6 +165,7 @@ def draw(ctx: Context) -> None:
                  "cp_metric": ("Highlight by", tuple(metrics), "one of " + ", ".join(metrics)),
                  "cp_top_k": ("Top-k x's", TOP_K_CHOICES, "one of " + ", ".join(map(str, TOP_K_CHOICES))),
                  "cp_count": ("How many", in_range(1, 10**9, True), "an integer >= 1")})
+    ctx, top_k = guarded(ctx)
     st.session_state["cp_count"] = min(int(st.session_state["cp_count"]), ctx.steps)
     left, mid, right = st.columns([2, 3, 1])
     with left:
@@ -139,16 +174,16 @@ def draw(ctx: Context) -> None:
         metric = st.radio("Highlight by", metrics, key="cp_metric", format_func=METRIC_LABELS.get)
     with right:
         count = st.number_input("How many", min_value=1, max_value=ctx.steps, step=1, key="cp_count")
+    path_view = st.empty()
+    tokens = ih.decoded_path(ctx, kind, path_view).tokens
     with st.spinner("Scoring the path with every head…"):
-        path = decoded_path(ctx, kind)
-        tokens = path.tokens
         trace = ih.path_trace(ctx.model, ctx.source, ctx.prompt_ids, tokens)
-    marked = draw_path(ctx, tokens, trace, metric, int(count))
+    with path_view.container():
+        marked = draw_path(ctx, tokens, trace, metric, int(count))
     draw_heads(ctx, tokens, trace)
-    draw_pair(ctx, tokens, marked)
+    draw_pair(ctx, tokens, marked, top_k)
 
 
-ctx = setup_page("Choice points", "🔀")
 if ctx is not None:
     try:
         draw(ctx)

@@ -24,8 +24,7 @@ PROMPTS_FILE = ROOT / "assets" / "prompts" / "prompts.json"
 
 DEFAULT_SOURCE = "mtp"
 DEFAULT_STEPS = 16
-LARGE_MODEL_STEPS = 8  # default cap when switching to a pretrained single-head model
-LARGE_MODEL_SAMPLES = 16
+MEASURE_PROMPT = "The best way to learn a language is"  # the text a model's speed is measured on (core.cost)
 MAX_TEXT_STEPS = 64  # most tokens a page decodes on a neural model (keeps every click bounded)
 MAX_SEED = 2**31 - 1
 GOAL_NAMES = ("0-1", "Hamming", "N-gram Hamming", "Distribution match (KL)", "Distribution match (TV)")
@@ -56,6 +55,7 @@ class Context:
     seed: int
     goal_name: str  # one of GOAL_NAMES
     goal: object  # a core.goals goal instance
+    cost: object = None  # the model's measured core.cost.CostModel (None on pages without a model)
 
     @property
     def is_toy(self) -> bool:
@@ -140,6 +140,46 @@ def load_source(source: str):
     return sources.load(source)
 
 
+@st.cache_resource(max_entries=6, show_spinner=False)
+def source_cost(source: str):
+    """The model's measured ``core.cost.CostModel`` (timed once per source and process, next to the model)."""
+    from core.cost import measure
+
+    model = load_source(source)
+    prompt = model.encode(MEASURE_PROMPT) if hasattr(model, "encode") and not hasattr(model, "joint") else []
+    return measure(model, prompt)
+
+
+_READY: set[str] = set()  # sources loaded and measured in this process (their caches hit at once)
+
+
+def load_with_progress(source: str):
+    """(model, cost) of an allowed source. The first time in this process it says what it is doing (importing
+    torch and transformers, reading the weights, measuring the model's speed) in a status box that goes away
+    once the model is ready."""
+    if source in _READY:
+        return load_source(source), source_cost(source)
+    box = st.empty()
+    with box.status(f"Loading {source_label(source)}…", expanded=True) as status:
+        st.write("Importing torch and the decoders (once per server start)…")
+        import core.compare  # noqa: F401 - the heavy imports, once per process
+        st.write("Reading the model…")
+        model = load_source(source)
+        st.write("Measuring its speed on this machine (once per model), to keep every click within "
+                 f"{budget_seconds():.0f} s…")
+        cost = source_cost(source)
+        status.update(label=f"{source_label(source)} is ready", state="complete")
+    box.empty()
+    _READY.add(source)
+    return model, cost
+
+
+def budget_seconds() -> float:
+    from core.cost import budget_seconds as budget
+
+    return budget()
+
+
 def toy_presets() -> dict:
     from core.sources import toy_presets as presets
 
@@ -173,6 +213,15 @@ def add_source(source: str) -> str:
         opened.append(source)
     st.session_state["source"] = source
     return source
+
+
+PENDING_SOURCE = "_pending_source"  # a source to select before the sidebar is drawn (set after it was)
+
+
+def select_source(source: str) -> None:
+    """Make ``source`` the sidebar's model from the next run on (``setup_page`` applies it before drawing the
+    sidebar, whose widget state cannot change once drawn)."""
+    st.session_state[PENDING_SOURCE] = source
 
 
 def source_info(ctx: Context) -> dict:
@@ -266,26 +315,14 @@ def _on_example() -> None:
             st.session_state["prompt"] = p["text"]
 
 
-def is_large(source: str) -> bool:
-    from core.sources import is_large as large
-
-    return large(source)
-
-
 def _on_source() -> None:
-    """Switching to a toy sets steps to its length; switching back restores a text length. A
-    pretrained single-head model (SmolLM2, local) is ~13x the shipped model's size, so switching to
-    one caps steps at LARGE_MODEL_STEPS and the Compare page's Monte Carlo samples at
-    LARGE_MODEL_SAMPLES (SmolLM2 Compare on 2 cores: 16 tokens x 64 samples 17.5 s, 8 x 16 4.9 s)."""
+    """Switching to a toy sets steps to its length; switching back restores a text length. What a larger
+    model may run is not set here: each page predicts its click's seconds from the model's measured cost and
+    caps what would take too long, however the settings arrived (sidebar, link, restored session)."""
     source, previous = st.session_state["source"], st.session_state.get("_previous_source", "")
     if source.startswith("toy:"):
         with contextlib.suppress(Exception):  # the page reports the problem when it loads the source
             st.session_state["steps"] = int(load_source(source).length)
-    elif is_large(source):
-        steps = DEFAULT_STEPS if previous.startswith("toy:") else int(st.session_state.get("steps", DEFAULT_STEPS))
-        st.session_state["steps"] = min(steps, LARGE_MODEL_STEPS)
-        if "cmp_n_samples" in st.session_state:
-            st.session_state["cmp_n_samples"] = min(int(st.session_state["cmp_n_samples"]), LARGE_MODEL_SAMPLES)
     elif previous.startswith("toy:"):
         st.session_state["steps"] = DEFAULT_STEPS
 
@@ -348,8 +385,7 @@ def _resolve(state) -> Context:
 
         check(source)  # raises: the one message for a forbidden source, or what is wrong with the allow-list
         raise unknown(source, available_sources())
-    with st.spinner(f"Loading {source_label(source)}…"):
-        model = load_source(source)
+    model, cost = load_with_progress(source)
     is_text = hasattr(model, "encode") and hasattr(model, "decode")
     seed = _check_int("seed", state["seed"], 0, MAX_SEED)
     if is_text:
@@ -371,7 +407,7 @@ def _resolve(state) -> Context:
         raise ValueError(f"unknown goal {goal_name!r}; choose one of {', '.join(GOAL_NAMES)}")
     ngram_n = _check_int("N (the N-gram window)", state["ngram_n"], 1, steps) if goal_name == "N-gram Hamming" else 2
     return Context(source, model, is_text, int(getattr(model, "n_heads", 1)), prompt, prompt_ids, steps, seed,
-                   goal_name, make_goal(goal_name, ngram_n))
+                   goal_name, make_goal(goal_name, ngram_n), cost)
 
 
 def _draw_goal_sidebar() -> None:
@@ -411,6 +447,9 @@ def setup_page(title: str, icon: str = "", *, sidebar: str = "full") -> Context 
     source "", model None and steps 0, and the page checks N-gram N against its own length."""
     leave_legacy_pages_mode()
     declare_state(_sidebar_defaults())
+    pending = st.session_state.pop(PENDING_SOURCE, None)
+    if pending is not None:
+        add_source(pending)
     st.title(f"{icon} {title}".strip())
     if sidebar == "full":
         _draw_sidebar()
@@ -449,6 +488,31 @@ def in_range(low, high, integer: bool = False):
             return False
         return math.isfinite(x) and low <= x <= high
     return test
+
+
+# ---- compute guards: capped settings and the full computation --------------------------------------
+
+FULL = "_full_requests"  # requests whose full computation the user asked for (page-defined, hashable keys)
+
+
+def full_requested(request) -> bool:
+    """Whether the user asked for the full computation of ``request`` (a page's hashable request key)."""
+    return request in st.session_state.get(FULL, set())
+
+
+def _ask_full(request) -> None:
+    st.session_state.setdefault(FULL, set()).add(request)
+
+
+def show_caps(caps: Sequence, request, full_s: float, key: str) -> None:
+    """Say what was capped, why and how to ask for more: one warning per ``core.cost.Capped`` and a button that
+    runs the full computation (``full_requested(request)`` is then True), its predicted time on the label."""
+    if not caps:
+        return
+    for cap in caps:
+        st.warning(cap.message())
+    st.button(f"Run the full computation (predicted {full_s:.0f} s)", key=key, on_click=_ask_full, args=(request,),
+              help="Runs the settings as given, however long they take; results still show as they come.")
 
 
 def show_error(exc: Exception) -> None:

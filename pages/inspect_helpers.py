@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import Context, sequence_label, token_label
+from pages.common import Context, sequence_label, token_html, token_label
 
 HEAD_COLOUR = "#4c6ef5"
 PATH_COLOUR = "#f08c00"
@@ -27,26 +28,49 @@ HIT_COLOUR = "#2f9e44"
 # ---- cached core calls (argument ``source`` stands for the unhashed ``_model``) --------------------
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def greedy_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int):
-    from core.decoders import Greedy
-
-    return Greedy().decode(_model, list(prompt_ids), steps)
+STORED_PATHS = 64  # decoded paths the process keeps
+STREAM_EVERY_S = 0.25  # a growing path is redrawn at most this often
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def greedy_certificate(_model, source: str, prompt_ids: tuple[int, ...], steps: int):
-    """Whether the greedy path is certainly the mode (claims.md C13), from one teacher-forced pass."""
-    from core.risk import greedy_certificate
-
-    return greedy_certificate(_model, list(prompt_ids), steps, greedy_path(_model, source, prompt_ids, steps))
+@st.cache_resource(show_spinner=False)
+def path_store() -> OrderedDict:
+    """{(source, prompt ids, steps, kind, seed): Path}, shared by every session (a path is a function of these)."""
+    return OrderedDict()
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def sampled_path(_model, source: str, prompt_ids: tuple[int, ...], steps: int, seed: int):
+def decoded_path(ctx: Context, kind: str = "greedy", placeholder=None):
+    """The greedy path (``kind`` "greedy") or one draw from P (τ = 1) with the sidebar seed ("sample") of
+    ``ctx.steps`` tokens, decoded once per process. While it is decoded the first time, its tokens show in
+    ``placeholder`` (after the prompt) as they come."""
+    from core.branching import stream_path
     from core.decoders import Sampling
 
-    return Sampling(temperature=1.0).decode(_model, list(prompt_ids), steps, seed=seed)
+    key = (ctx.source, ctx.prompt_ids, ctx.steps, kind, ctx.seed if kind == "sample" else None)
+    store = path_store()
+    if key in store:
+        return store[key]
+    sampler = Sampling(temperature=1.0) if kind == "sample" else None
+    path, shown = None, time.perf_counter()
+    prefix = ctx.prompt if ctx.is_text else ""
+    for path in stream_path(ctx.model, list(ctx.prompt_ids), ctx.steps, sampler, ctx.seed):
+        if placeholder is not None and time.perf_counter() - shown >= STREAM_EVERY_S:
+            placeholder.markdown(token_html(ctx.model, path.tokens, path.step_logprobs, prefix=prefix)
+                                 + f"<small>decoding… {len(path.tokens)} of {ctx.steps} tokens</small>",
+                                 unsafe_allow_html=True)
+            shown = time.perf_counter()
+    store[key] = path
+    while len(store) > STORED_PATHS:
+        store.popitem(last=False)
+    return path
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def greedy_certificate(_model, source: str, prompt_ids: tuple[int, ...], steps: int, _path):
+    """Whether the greedy path (``_path``, a function of the other arguments) is certainly the mode (claims.md
+    C13), from one teacher-forced pass."""
+    from core.risk import greedy_certificate
+
+    return greedy_certificate(_model, list(prompt_ids), steps, _path)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -301,3 +325,23 @@ def compare_speed(model, prompt_ids: Sequence[int], steps: int, heads: int, repe
         spec_times.append(time.perf_counter() - start)
     return SpeedComparison(result, tuple(greedy.tokens), float(np.median(greedy_times)), float(np.median(spec_times)),
                            repeats)
+
+
+# ---- compute guards -----------------------------------------------------------------------------
+
+
+def cap_setting(predict: Callable[[int], float], requested: int, low: int, name: str, budget_s: float,
+                choices: Sequence[int] | None = None):
+    """(the value to run, the ``core.cost.Capped`` saying why, or None): ``requested`` if ``predict`` of it fits
+    ``budget_s``, else the largest value from ``low`` (or of ``choices``, ascending) that does."""
+    from core.cost import Capped, fit
+
+    if choices is None:
+        capped = fit(predict, requested, min(low, requested), budget_s, name)
+        return (requested, None) if capped is None else (capped.allowed, capped)
+    allowed = [c for c in choices if c <= requested] or [min(choices)]
+    capped = fit(lambda i: predict(allowed[i]), len(allowed) - 1, 0, budget_s, name)
+    if capped is None:
+        return requested, None
+    value = allowed[capped.allowed]
+    return value, Capped(name, requested, value, capped.requested_s, capped.allowed_s, budget_s)

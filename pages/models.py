@@ -10,7 +10,16 @@ import streamlit as st
 from core import sources
 from core.engine import DEFAULT_MODEL_DIR
 from pages.charts import CHART_CONFIG, curves
-from pages.common import add_source, declare_state, load_source, setup_page, show_error, source_label
+from pages.common import (
+    add_source,
+    declare_state,
+    load_source,
+    load_with_progress,
+    select_source,
+    setup_page,
+    show_error,
+    source_label,
+)
 
 
 @st.cache_data(show_spinner=False)
@@ -57,8 +66,9 @@ def draw_training(log: dict) -> None:
 
 
 def load_local(path: str, allow_large: bool) -> str:
-    """Load ``path`` (a transformers directory or a .gguf file) and make it the sidebar's model; returns
-    its source. A path outside the operator's allow-list gets the one message that reveals nothing."""
+    """Load ``path`` (a transformers directory or a .gguf file) with progress (reading it, measuring its speed)
+    and make it the sidebar's model from the next run on; returns its source. A path outside the operator's
+    allow-list gets the one message that reveals nothing."""
     path = path.strip()
     if not path:
         raise ValueError("enter the path of a local Hugging Face model directory (config.json + *.safetensors + "
@@ -66,8 +76,9 @@ def load_local(path: str, allow_large: bool) -> str:
     source = sources.check(f"local:{path}")
     if allow_large:
         sources.allow_large(source)  # load_source then loads it despite the memory warning
-    load_source(source)
-    return add_source(source)
+    load_with_progress(source)
+    select_source(source)
+    return source
 
 
 def _report(key: str, action) -> None:
@@ -80,11 +91,22 @@ def _report(key: str, action) -> None:
 
 
 def _on_load() -> None:
+    st.session_state["models_loading"] = True  # loaded in the page's run, where its progress can show
+
+
+def _load_requested() -> None:
+    """The Load button's work, in the page's run (so the loading progress shows); the page then reruns with the
+    model selected in the sidebar and says so."""
+    if not st.session_state.pop("models_loading", False):
+        return
+
     def load() -> str:
-        load_local(st.session_state.models_path, bool(st.session_state.models_allow_large))
-        return f"Loaded: it is now the sidebar's model ({source_label(st.session_state.source)})."
+        source = load_local(st.session_state.models_path, bool(st.session_state.models_allow_large))
+        return f"Loaded: it is now the sidebar's model ({source_label(source)})."
 
     _report("models_result", load)
+    if st.session_state["models_result"][0] == "ok":
+        st.rerun()
 
 
 def draw_loader() -> None:
@@ -97,6 +119,7 @@ def draw_loader() -> None:
     st.text_input("Path", key="models_path", placeholder="/path/to/model-directory or /path/to/model.gguf")
     st.checkbox("Load even if it may not fit in memory", key="models_allow_large")
     st.button("Load model", key="models_load", type="primary", on_click=_on_load)
+    _load_requested()
     show_result("models_result")
     opened = [s for s in st.session_state.get("opened_sources", []) if s.startswith("local:")]
     if opened:

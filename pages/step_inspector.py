@@ -1,19 +1,31 @@
 """Step inspector: every head's top-k at one step of the path; click a bar (or pick a token) to force
-it and branch; the branches form a tree with undo."""
+it and branch; the branches form a tree with undo.
+
+The greedy path shows token by token while it is decoded; the steps are capped when the model's measured cost
+predicts a click over the budget (with the full computation on request)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
-from core.branching import BranchTree, branch
-from pages import inspect_helpers as ih
-from pages.common import (
+from pages.common import setup_page
+
+ctx = setup_page("Step inspector", "🔬")  # the page shell first: the heavy imports below run after it
+
+from core.branching import BranchTree, branch  # noqa: E402
+from core.choice_points import predict_path, predict_trace, predict_views  # noqa: E402
+from pages import inspect_helpers as ih  # noqa: E402
+from pages.common import (  # noqa: E402
     Context,
+    budget_seconds,
     check_state,
     declare_state,
+    full_requested,
     in_range,
     probability_legend_html,
-    setup_page,
+    show_caps,
     show_error,
     token_html,
 )
@@ -27,12 +39,11 @@ def tree_key(ctx: Context) -> tuple:
     return ctx.source, ctx.prompt_ids, ctx.steps
 
 
-def current_tree(ctx: Context) -> BranchTree:
+def current_tree(ctx: Context, placeholder=None) -> BranchTree:
     trees = st.session_state.setdefault(TREES, {})
     key = tree_key(ctx)
     if key not in trees:
-        with st.spinner("Decoding the greedy path…"):
-            trees[key] = BranchTree.root(ih.greedy_path(ctx.model, ctx.source, ctx.prompt_ids, ctx.steps).tokens)
+        trees[key] = BranchTree.root(ih.decoded_path(ctx, "greedy", placeholder).tokens)
     return trees[key]
 
 
@@ -83,8 +94,28 @@ def branch_label(ctx: Context, tree: BranchTree, index: int, depth: int) -> str:
             f"{ih.snippet(ctx.model, b.tokens[b.position:])}")
 
 
+def capped_steps(ctx: Context) -> Context:
+    """The Context to run: its steps capped when the first view of the page (the greedy path, its scores and the
+    heads' views) is predicted over the budget, saying so, with the full computation on request."""
+    asked = ("inspector", ctx.source, ctx.prompt_ids, ctx.steps)
+    if ctx.is_toy or full_requested(asked):
+        return ctx
+    length = len(ctx.prompt_ids)
+
+    def seconds(steps: int) -> float:
+        return (predict_path(ctx.cost, length, steps) + 2 * predict_trace(ctx.cost, steps, 1)
+                + predict_views(ctx.cost))
+
+    steps, cap = ih.cap_setting(seconds, ctx.steps, 1, "Steps", budget_seconds())
+    if cap is None:
+        return ctx
+    show_caps([cap], asked, cap.requested_s, key="inspector_full")
+    return dataclasses.replace(ctx, steps=steps)
+
+
 def draw(ctx: Context) -> None:
-    tree = current_tree(ctx)
+    path_view = st.empty()
+    tree = current_tree(ctx, path_view)
     path = tree.path
     declare_state({"inspector_step": 0, "inspector_top_k": 8})
     if not 0 <= st.session_state["inspector_step"] < ctx.steps:  # steps changed, or a stale link
@@ -94,10 +125,11 @@ def draw(ctx: Context) -> None:
 
     scored = ih.scored_path(ctx.model, ctx.source, ctx.prompt_ids, path)
     prompt_text = ctx.prompt if ctx.is_text else ""
-    st.markdown(token_html(ctx.model, path, scored.step_logprobs, prefix=prompt_text), unsafe_allow_html=True)
+    path_view.markdown(token_html(ctx.model, path, scored.step_logprobs, prefix=prompt_text), unsafe_allow_html=True)
     st.markdown(probability_legend_html(), unsafe_allow_html=True)
     st.caption(f"Branch #{tree.current} of {len(tree.branches)} · log P(path) = {scored.logprob:.3f} nats")
-    cert = ih.greedy_certificate(ctx.model, ctx.source, ctx.prompt_ids, ctx.steps)
+    cert = ih.greedy_certificate(ctx.model, ctx.source, ctx.prompt_ids, ctx.steps,
+                                 ih.decoded_path(ctx, "greedy"))
     (st.success if cert.holds else st.caption)(f"The greedy path (branch #0): {cert.text()}")
 
     left, right = st.columns([3, 1])
@@ -151,12 +183,11 @@ def draw(ctx: Context) -> None:
               help="Go back to before your last branch or branch switch.")
 
 
-ctx = setup_page("Step inspector", "🔬")
 if ctx is not None:
     error = st.session_state.pop(ERROR, None)
     if error is not None:
         show_error(error)
     try:
-        draw(ctx)
+        draw(capped_steps(ctx))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback
         show_error(exc)

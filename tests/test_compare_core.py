@@ -9,6 +9,7 @@ import math
 import pytest
 
 from core.compare import (
+    COMPARE_DRAWS,
     MAX_NEURAL_LOOKAHEAD,
     DecoderSettings,
     compare,
@@ -114,7 +115,7 @@ def test_monte_carlo_on_a_tiny_model(tiny_engine):
     rows = by_key(a)
     assert rows["bayes"].risk.n == 8 and rows["mbr"].risk.n == 8  # chosen on fold A, scored on fold B
     assert rows["greedy"].risk.n == 16 and rows["greedy"].regret.n == 8
-    assert rows["sampling"].risk.n_draws == 16 and rows["ancestral"].risk.n == 8  # 8 pairs of truth rows
+    assert rows["sampling"].risk.n_draws == COMPARE_DRAWS and rows["ancestral"].risk.n == 8  # 8 pairs of truth rows
     assert "greedy" in a.small_n
     with pytest.raises(ValueError, match="Monte Carlo samples"):
         compare(tiny_engine, prompt, 3, 0, Hamming(), settings, n_samples=1)

@@ -63,11 +63,20 @@ def test_compare_page_says_when_a_budget_is_hit(tiny_budgets):
 
 
 def test_budgets_are_explicit_and_bounded():
-    """The knobs a page offers stay inside the budgets (the tables in test_bad_inputs*.py check that
-    values outside them are refused with a message)."""
+    """The knobs a page offers stay inside the search budgets (the tables in test_bad_inputs*.py check that
+    values outside them are refused with a message); Monte Carlo work is bounded by predicted seconds instead
+    of a token count (issue 15): at the largest settings a slow model's plan stays within the budget."""
+    from core.cost import CostModel
     from pages.common import MAX_TEXT_STEPS
 
-    lo, hi = core_compare.N_SAMPLES_RANGE
-    assert MAX_TEXT_STEPS * hi <= core_compare.MC_TOKEN_BUDGET  # Hamming / 0-1 / KL at the largest setting
     assert core_compare.MAX_NEURAL_LOOKAHEAD <= 4 and core_compare.NEURAL_NODE_BUDGET <= 1024
     assert core_compare.BAYES_NODE_BUDGET <= 4096
+    slow = CostModel("local", (1, 16, 64), (0.04, 0.1, 0.24), 0.0035, token_s=0.004, row_token_s=4e-5,
+                     sort_row_s=3e-3)
+    largest = core_compare.DecoderSettings(lookahead_depth=4, beam_width=core_compare.MAX_BEAM_WIDTH, shown_samples=10,
+                                           mbr_candidates=core_compare.MBR_CANDIDATES_RANGE[1],
+                                           extra=tuple((a, 0.5) for a in ("min_p", "typical_p", "eta_cutoff")))
+    lo, hi = core_compare.N_SAMPLES_RANGE
+    chosen = core_compare.plan(slow, 50, MAX_TEXT_STEPS, largest, hi, 10.0)
+    assert chosen.full_s > 100 and chosen.n_samples == lo and chosen.steps < MAX_TEXT_STEPS
+    assert chosen.predicted_s <= 10.0

@@ -95,7 +95,7 @@ def test_monte_carlo_page_says_how_it_estimated():
     assert (t["regret_low"] <= t["regret"]).all() and (t["regret"] <= t["regret_high"]).all()
     assert t.loc["MBR (Hamming)", "n"] == "n = 8" and t.loc["greedy", "n"] == "n = 16"
     captions = " ".join(c.value for c in at.caption)
-    assert "chosen on the first 8 truth rows and scored on the other 8" in captions
+    assert "chosen on 8 of the truth rows (fold A: the first half of every wave) and scored on the other 8" in captions
     assert "paired difference" in captions and "Student-t" in captions and "padded with EOS" in captions
     assert "Eikema & Aziz 2020" in captions and "Bertsch et al. 2023" in captions and "ε = 0.02" in captions
     assert "so a regret can be negative" not in captions
@@ -133,9 +133,18 @@ def test_compare_runs_on_the_pretrained_smollm2():
     assert (t["risk"] >= 0).all() and (t["risk"] <= 2).all()  # Hamming over 2 tokens
 
 
-def test_switching_to_smollm2_keeps_the_page_responsive():
+def test_switching_to_smollm2_keeps_the_page_responsive(monkeypatch):
+    """Issue 15: switching models no longer rewrites the settings; the page predicts the click's seconds from
+    the model's measured cost (here an injected slow one) and caps what would take too long."""
+    import pages.common as common
+    from core.cost import CostModel
+
+    slow = CostModel("local", (1, 16, 64), (0.04, 0.1, 0.24), 0.0035, token_s=0.004, row_token_s=4e-5, sort_row_s=3e-3)
+    monkeypatch.setattr(common, "source_cost", lambda source: slow)
+    monkeypatch.setenv("DECODING_EXPLORER_BUDGET_S", "4")
     at = run_page(source="toy:E1", steps=2)
     at.selectbox(key="source").set_value("smollm2").run()
     assert not at.exception and not at.error
-    assert at.session_state["steps"] == 8 and at.session_state["cmp_n_samples"] == 16
+    assert at.session_state["steps"] == 16 and at.session_state["cmp_n_samples"] == 64
+    assert [w.value.split(" capped at ")[0] for w in at.warning][:2] == ["Monte Carlo samples", "Steps"]
     assert len(table(at)) == 9

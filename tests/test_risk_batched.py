@@ -20,10 +20,21 @@ import pytest
 import torch
 
 import core.decoders as decoders_mod
-from core.compare import DecoderSettings, compare, decode_fixed, draw, lineup, score, token_ranks, token_ranks_many
+from core.compare import (
+    COMPARE_DRAWS,
+    DecoderSettings,
+    compare,
+    decode_fixed,
+    draw,
+    lineup,
+    score,
+    token_ranks,
+    token_ranks_many,
+)
 from core.decoders import Beam, Fixed, Greedy, Lookahead, Samples, Sampling, sample_groups, sample_many
 from core.goals import DistributionMatch, Hamming, NGramHamming, ZeroOne
 from core.risk import approx_bayes_output, estimate_regret, estimate_risk, estimate_risks
+from core.rollout import DRAWS_STREAM, derived_seed, draw_targets, roll_out
 from core.toy import random_markov_chain
 
 GOALS = [ZeroOne(), Hamming(), NGramHamming(2), NGramHamming(3), DistributionMatch("kl"), DistributionMatch("tv")]
@@ -140,32 +151,47 @@ def test_the_bayes_output_is_chosen_on_fold_a_only(tiny_engine, prompt, goal):
 
 @pytest.mark.parametrize("goal", GOALS[:3] + GOALS[4:5], ids=lambda g: g.name)
 def test_compare_reports_what_the_standalone_calls_report(tiny_engine, prompt, goal):
-    """Every row equals its decoder's own decode and ``estimate_risk`` on the same truth rows; greedy's
-    regret equals ``estimate_regret``; the Bayes output equals ``approx_bayes_output``'s and its risk is
-    its risk on fold B alone (not on all rows, where it was chosen); the samples from P are their own
-    draw."""
+    """Compare's truth rows come in waves (issue 15; ``Drawn.truth_samples`` gives them) and each random decoder
+    shows its first own draw. Every deterministic row equals its decoder's own decode and ``estimate_risk`` on the
+    same truth rows; sampling from P shows its decode with the seed and is scored by the truth rows themselves;
+    every other random decoder's risk is its own ``COMPARE_DRAWS`` draws (``sample_many`` with the draws' seed)
+    scored on those rows; greedy's regret equals ``estimate_regret``; the Bayes output equals
+    ``approx_bayes_output``'s (one wave: the same candidate tokens) and its risk is its risk on fold B alone (not on
+    all rows, where it was chosen); the samples from P are the first truth rows."""
     steps, n, seed = 4, 16, 3
     settings = DecoderSettings(lookahead_depth=2, beam_width=2, shown_samples=2)
     result = compare(tiny_engine, prompt, steps, seed, goal, settings, n_samples=n)
+    fixed = decode_fixed(tiny_engine, prompt, steps, settings, False)
+    truth = draw(tiny_engine, prompt, steps, seed, settings, n, fixed, False, goal.pointwise).truth_samples()
     rows = {r.key: r for r in result.rows}
     for key, decoder in lineup(settings, steps, exact=False):
-        path = decoder.decode(tiny_engine, prompt, steps, seed)
+        own = None
+        if decoder.is_random and not decoder.is_identity:
+            m = COMPARE_DRAWS if goal.pointwise else 1  # distribution matching reads r, and draws one to show
+            own = sample_many(tiny_engine, prompt, steps, m, derived_seed(seed, DRAWS_STREAM), decoder)
+            path = own.paths()[0]
+        else:
+            path = decoder.decode(tiny_engine, prompt, steps, seed)
         assert rows[key].output.tokens == path.tokens
         lps, ranks = token_ranks(tiny_engine, prompt, path.tokens)
         assert rows[key].output.step_logprobs == pytest.approx(lps, rel=BATCH_REL) and rows[key].output.ranks == ranks
-        same(rows[key].risk, estimate_risk(goal, tiny_engine, decoder, prompt, steps, n, seed), rel=BATCH_REL)
-    same(rows["greedy"].regret, estimate_regret(goal, tiny_engine, Greedy(), prompt, steps, n, seed, node_budget=256),
-         rel=BATCH_REL)
-    bayes = approx_bayes_output(goal, tiny_engine, prompt, steps, n, seed, node_budget=256)
+        if own is not None and goal.pointwise:
+            rollout = roll_out(tiny_engine, prompt, steps, n, seed, targets={"d": draw_targets(own, steps, None)},
+                               truth=truth.tokens)
+            want = goal.estimate(rollout, rollout.columns("d", "draws", "d"))
+        else:
+            want = estimate_risk(goal, tiny_engine, decoder, prompt, steps, n, seed, truth_samples=truth)
+        same(rows[key].risk, want, rel=BATCH_REL)
+    same(rows["greedy"].regret, estimate_regret(goal, tiny_engine, Greedy(), prompt, steps, n, seed, node_budget=256,
+                                                truth_samples=truth), rel=BATCH_REL)
+    bayes = approx_bayes_output(goal, tiny_engine, prompt, steps, n, seed, node_budget=256, truth_samples=truth)
     assert rows["bayes"].output.tokens == bayes.tokens
     if goal.pointwise and goal.window(steps) < steps:
-        truth = sample_many(tiny_engine, prompt, steps, n, seed)
         fold_b = Samples(truth.tokens[8:], truth.step_logprobs[8:], truth.step_warped_logprobs[8:])
         held_out = estimate_risk(goal, tiny_engine, Fixed(bayes.tokens), prompt, steps, 8, seed, truth_samples=fold_b)
         assert rows["bayes"].risk.mean == pytest.approx(held_out.mean, rel=BATCH_REL)
         assert rows["bayes"].risk.n == rows["mbr"].risk.n == rows["greedy"].regret.n == 8
-    shown = sample_many(tiny_engine, prompt, steps, 2, seed + 1).paths()
-    assert [s.tokens for s in result.samples] == [p.tokens for p in shown]
+    assert [s.tokens for s in result.samples] == [p.tokens for p in truth.paths()[:2]]
 
 
 def test_a_new_goal_rescores_the_same_rollout(tiny_engine, prompt, monkeypatch):
@@ -182,7 +208,7 @@ def test_a_new_goal_rescores_the_same_rollout(tiny_engine, prompt, monkeypatch):
 
     expected = {g: compare(tiny_engine, prompt, steps, seed, g, settings, n).to_json(settings)
                 for g in (Hamming(), NGramHamming(3), ZeroOne())}
-    monkeypatch.setattr(compare_mod, "roll_out", no_walks)
+    monkeypatch.setattr(compare_mod, "walk_wave", no_walks)
     monkeypatch.setattr(compare_mod, "sample_groups", no_walks)
     for goal, want in expected.items():
         got = score(tiny_engine, prompt, steps, seed, goal, settings, n, fixed, drawn, False).to_json(settings)
