@@ -9,7 +9,6 @@ import html
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -276,55 +275,6 @@ def roles_legend_html() -> str:
              for r, label in (("accepted", "draft accepted"), ("bonus", "head 1's own token (bonus)"),
                               ("rejected", "draft rejected"))]
     return '<div style="font-size:0.8em">' + " ".join(items) + " · one box per forward pass</div>"
-
-
-# ---- speculative decoding vs greedy -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SpeedComparison:
-    """Self-speculative decoding and plain greedy decoding, timed on the same prompt in one request.
-
-    Attributes:
-        result: the speculative run (``core.speculative.SpeculativeResult``).
-        greedy_tokens: ``Greedy().decode`` of the same prompt and steps.
-        greedy_seconds, speculative_seconds: the median of ``repeats`` wall-clock runs each, after
-            one untimed warm-up of each (alternating greedy, speculative, so both see the same load).
-    """
-
-    result: object
-    greedy_tokens: tuple[int, ...]
-    greedy_seconds: float
-    speculative_seconds: float
-    repeats: int
-
-    @property
-    def same_output(self) -> bool:
-        return tuple(self.result.tokens) == tuple(self.greedy_tokens)
-
-    @property
-    def speedup(self) -> float:
-        return self.greedy_seconds / self.speculative_seconds
-
-
-def compare_speed(model, prompt_ids: Sequence[int], steps: int, heads: int, repeats: int) -> SpeedComparison:
-    """One untimed warm-up run of each decoder (first-call costs: allocations, caches), then ``repeats``
-    alternating timed runs; the median of each counts."""
-    from core.decoders import Greedy
-    from core.speculative import self_speculative
-
-    Greedy().decode(model, list(prompt_ids), steps)
-    self_speculative(model, list(prompt_ids), steps, heads=heads)
-    greedy_times, spec_times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        greedy = Greedy().decode(model, list(prompt_ids), steps)
-        greedy_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        result = self_speculative(model, list(prompt_ids), steps, heads=heads)
-        spec_times.append(time.perf_counter() - start)
-    return SpeedComparison(result, tuple(greedy.tokens), float(np.median(greedy_times)), float(np.median(spec_times)),
-                           repeats)
 
 
 # ---- compute guards -----------------------------------------------------------------------------
