@@ -168,9 +168,9 @@ PRESETS: dict[str, ToyPreset] = {
         ),
         ToyPreset(
             "EOS",
-            "C12, EOS makes the 0-1 mode degenerate: tokens a and <eos>, p(<eos>) = .4 at every step, at most "
-            "3 tokens; an output that ended is padded with <eos>. The mode is the empty output (<eos> at once, "
-            "P = .4); greedy emits aaa (P = .6³ = .216).",
+            "C12, EOS makes the 0-1 mode degenerate: tokens a and <eos> (shown as ⏹), p(<eos>) = .4 at every "
+            "step, at most 3 tokens; an output that ended is padded with <eos>. The mode is the empty output "
+            "(<eos> at once, P = .4); greedy emits aaa (P = .6³ = .216).",
             eos_toy,
         ),
     )
