@@ -648,6 +648,18 @@ SORTING_ARGS = ("top_p", "typical_p", "min_p")  # warpers that sort the vocabula
 MODE_CALLS = 4  # ``logprobs`` calls of 16 nodes a 0-1 mode search typically makes (its budget allows 16)
 
 
+def lookahead_token_s(cost: CostModel, depth: int, node_budget: int, batch: int) -> float:
+    """Predicted seconds per committed token of ``Lookahead(depth)``: ``logprobs`` calls per token times the
+    seconds of a call. Calls: the shipped model's typical count (``LOOKAHEAD_CALLS``), raised to what this
+    model's search probe made (``CostModel.search_calls``, scaled from depth 2 like the typical counts) when
+    that is more (a flat model expands up to its node budget), never above node_budget / batch calls plus the
+    depth - 1 calls that complete the best open node greedily when the budget runs out."""
+    most = math.ceil(node_budget / batch) + depth - 1
+    typical = LOOKAHEAD_CALLS.get(depth, most)
+    calls = 1 if depth <= 1 else min(most, max(typical, cost.search_calls * typical / LOOKAHEAD_CALLS[2]))
+    return calls * max(cost.step(batch) + cost.token_s, cost.search_call_s)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Predicted seconds of a Compare request's stages on a model with a measured ``CostModel``: each fixed
@@ -679,11 +691,11 @@ def predict(cost: CostModel, prompt_len: int, steps: int, settings: DecoderSetti
         per = cost.forwards(steps)
         return Prediction({key: per for key in FIXED_KEYS}, (), per * len(decoders))
     look = decoders["lookahead"]
-    calls = min(LOOKAHEAD_CALLS.get(look.depth, 64), math.ceil(look.node_budget / look.batch))
     beam = settings.beam_width
     fixed = {
         "greedy": cost.walk(1, steps, prompt_len),
-        "lookahead": cost.prefill(prompt_len) + steps * calls * (cost.step(look.batch) + cost.token_s),
+        "lookahead": cost.prefill(prompt_len) + steps * lookahead_token_s(cost, look.depth, look.node_budget,
+                                                                          look.batch),
         "beam": cost.prefill(prompt_len) + steps * (cost.step(beam) + BEAM_BOOKKEEPING * cost.token_s),
     }
     random = [(k, d) for k, d in decoders.items() if d.is_random]

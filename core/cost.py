@@ -27,6 +27,10 @@ MEASURED_ROWS = (1, 16, 64, 256)  # batch sizes timed for a one-token step
 PREFILL_TOKENS = 32  # tokens fed at once to time a prompt pass (and teacher forcing)
 REPEATS = 2  # each timing is the fastest of this many runs (the least disturbed by other work)
 LARGEST_STEP_S = 0.2  # stop timing larger batches once a step takes this long (then predict linearly)
+# The search probe: one committed token of an exact depth-2 lookahead (Compare's default on a neural model:
+# node budget 256, 4 nodes per call). How many calls it makes depends on the model, not only on its size: a
+# peaked model prunes almost everything (the shipped one: a few calls), a flat one runs to the budget (64).
+SEARCH_DEPTH, SEARCH_BUDGET, SEARCH_BATCH = 2, 256, 4
 
 
 def budget_seconds() -> float:
@@ -56,6 +60,10 @@ class CostModel:
             model's distribution, the rollout's statistics).
         sort_row_s: seconds per row and step of a warper that sorts the vocabulary (top-p, typical, min-p)
             and the draw after it.
+        search_calls: ``logprobs`` calls the search probe made for one committed token (``SEARCH_DEPTH``,
+            ``SEARCH_BUDGET``, ``SEARCH_BATCH``) on the measured prompt; 0 when not measured.
+        search_call_s: seconds per call of that probe (each call feeds a batch of prefixes past the prefix
+            cache's last full block); 0 when not measured.
     """
 
     kind: str
@@ -67,6 +75,8 @@ class CostModel:
     token_s: float = 0.0
     row_token_s: float = 0.0
     sort_row_s: float = 0.0
+    search_calls: float = 0.0
+    search_call_s: float = 0.0
 
     def __post_init__(self):
         if len(self.rows) != len(self.step_s) or not self.rows:
@@ -140,7 +150,9 @@ def measure(model, prompt: Sequence[int] = (), rows: Sequence[int] = MEASURED_RO
     step_s = _ascending(timed)
     token_s = max(0.0, _fastest(lambda: _timed(lambda: _greedy(model, prompt))) / GREEDY_TOKENS - step_s[0])
     row_s, sort_s = _row_costs(session.last)
-    return CostModel("local", tuple(measured), step_s, prefill, token_s=token_s, row_token_s=row_s, sort_row_s=sort_s)
+    calls, call_s = _search_costs(model, prompt)
+    return CostModel("local", tuple(measured), step_s, prefill, token_s=token_s, row_token_s=row_s, sort_row_s=sort_s,
+                     search_calls=calls, search_call_s=call_s)
 
 
 GREEDY_TOKENS = 4  # tokens of the greedy decode timed for a step's bookkeeping
@@ -151,6 +163,32 @@ def _greedy(model, prompt: list[int]) -> None:
     from core.decoders import Greedy
 
     Greedy().decode(model, prompt, GREEDY_TOKENS)
+
+
+class _Counting:
+    """``model`` with its ``logprobs`` calls counted (every other attribute is the model's)."""
+
+    def __init__(self, model):
+        self._model = model
+        self.calls = 0
+
+    def logprobs(self, prefixes):
+        self.calls += 1
+        return self._model.logprobs(prefixes)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def _search_costs(model, prompt: list[int]) -> tuple[float, float]:
+    """(calls, seconds per call) of the search probe after ``prompt``; (0, 0) without a prompt."""
+    from core.search import best_first_search
+
+    if not prompt:
+        return 0.0, 0.0
+    counting = _Counting(model)
+    seconds = _timed(lambda: best_first_search(counting, prompt, SEARCH_DEPTH, SEARCH_BUDGET, SEARCH_BATCH))
+    return float(counting.calls), seconds / max(1, counting.calls)
 
 
 def _row_costs(last) -> tuple[float, float]:

@@ -3,9 +3,12 @@ the cost models here are given, except one smoke test that ``measure`` returns a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from core.cost import DEFAULT_BUDGET_S, Capped, CostModel, budget_seconds, fit, measure
+from core.compare import LOOKAHEAD_CALLS, lookahead_token_s
+from core.cost import DEFAULT_BUDGET_S, SEARCH_BATCH, SEARCH_BUDGET, Capped, CostModel, budget_seconds, fit, measure
 from core.toy import PRESETS
 
 LOCAL = CostModel("local", (1, 16, 64), (0.004, 0.008, 0.014), 0.0002)
@@ -57,3 +60,19 @@ def test_measure_gives_a_sane_model(tiny_engine):
     local = measure(tiny_engine, [1, 2, 3])
     assert local.kind == "local" and local.rows[0] == 1 and list(local.step_s) == sorted(local.step_s)
     assert local.step(1000) >= local.step(1) > 0
+
+
+def test_lookahead_is_predicted_from_the_model_s_own_search_probe(tiny_engine):
+    """A peaked model prunes its search (the typical call counts are a floor); a flat one, like a randomly
+    initialised model, expands to the node budget, and its prediction follows the probe, never past the budget."""
+    local = measure(tiny_engine, [1, 2, 3])
+    assert 1 <= local.search_calls <= SEARCH_BUDGET / SEARCH_BATCH + 1 and local.search_call_s > 0
+    call = LOCAL.step(4) + LOCAL.token_s
+    peaked = replace(LOCAL, search_calls=2.0, search_call_s=0.001)
+    assert lookahead_token_s(peaked, 2, 256, 4) == pytest.approx(LOOKAHEAD_CALLS[2] * call)
+    assert lookahead_token_s(peaked, 4, 256, 4) == pytest.approx(LOOKAHEAD_CALLS[4] * call)
+    flat = replace(LOCAL, search_calls=65.0, search_call_s=0.02)  # 64 expansions + 1 to complete greedily
+    assert lookahead_token_s(flat, 2, 256, 4) == pytest.approx(65 * 0.02)
+    assert lookahead_token_s(flat, 4, 256, 4) == pytest.approx(67 * 0.02)  # at most the budget + completion
+    assert lookahead_token_s(flat, 1, 256, 4) == pytest.approx(0.02)  # depth 1: one call per token
+    assert lookahead_token_s(LOCAL, 2, 256, 4) == pytest.approx(LOOKAHEAD_CALLS[2] * call)  # not measured
