@@ -350,10 +350,11 @@ def _draw_sidebar() -> None:
             sb.caption(preset.description)
     else:
         names = [p["name"] for p in example_prompts()]
-        st.session_state.setdefault("example_prompt", names[0] if names else None)
-        if st.session_state["example_prompt"] not in names:
-            st.session_state["example_prompt"] = names[0] if names else None
+        # the box names the example the prompt is (None: the user's own text, from typing or a link)
+        st.session_state["example_prompt"] = next(
+            (p["name"] for p in example_prompts() if p["text"] == st.session_state.get("prompt")), None)
         sb.selectbox("Example prompt", names, key="example_prompt", on_change=_on_example,
+                     placeholder="Your own prompt — or pick an example",
                      help="Loads the example into the prompt box; edit it freely.")
         note = next((p.get("note") for p in example_prompts() if p["name"] == st.session_state["example_prompt"]), "")
         if note:

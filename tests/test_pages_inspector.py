@@ -79,3 +79,20 @@ def test_invalid_steps_is_an_error_not_a_traceback():
 )
 def test_clicked_point_reads_plotly_selection_state(state, want):
     assert clicked_point(state) == want
+
+
+def test_the_example_box_names_the_prompt_or_says_it_is_your_own():
+    """The sidebar's example box shows the example the prompt is, none once the text is the user's own
+    (typed or from a link), and picking an example loads its text."""
+    import json
+    from pathlib import Path
+
+    examples = json.loads((Path(__file__).resolve().parent.parent / "assets/prompts/prompts.json").read_text())
+    at = _page(steps=2)
+    assert at.selectbox(key="example_prompt").value == examples[0]["name"]
+    assert at.text_area(key="prompt").value == examples[0]["text"]
+    at.text_area(key="prompt").set_value("x = [1, 2,").run()
+    assert not at.exception and at.selectbox(key="example_prompt").value is None
+    at.selectbox(key="example_prompt").set_value(examples[1]["name"]).run()
+    assert not at.exception and at.text_area(key="prompt").value == examples[1]["text"]
+    assert at.selectbox(key="example_prompt").value == examples[1]["name"]
