@@ -105,11 +105,16 @@ def more_samplers_ui(goal) -> tuple[list, bool]:
 def risk_how(row: dict, goal_col: str) -> str:
     if row["runs"] is None:
         return "exact"
+    return "estimated"
+
+
+def band_text(row: dict, goal_col: str) -> str:
+    """An estimated row's 95% band for the sidebar's goal, for the caption under the table."""
     low, high, n = row[f"{goal_col} (95% low)"], row[f"{goal_col} (95% high)"], row["runs"]
-    text = f"estimated: mean of {n} seeded runs, 95% band [{low:.4f}, {high:.4f}]"
+    text = f"{row['decoder']}: {goal_col} risk {row[goal_col]:.4f}, 95% band [{low:.4f}, {high:.4f}] over {n} runs"
     if low == high:  # the rule of three: an outcome never seen in n runs has probability < 3/n (95%)
-        text += f" (every run scored the same; outcomes rarer than 3/{n} may be unseen)"
-    return text
+        text += f" (every run scored the same: outcomes rarer than 3/{n} may be unseen)"
+    return text + "."
 
 
 def table_frame(rows: list[dict], truth, goals, goal_col: str) -> pd.DataFrame:
@@ -163,6 +168,7 @@ def draw_table(spec, truth, ctx, tau: float) -> None:
         note += (f" {mbr.label} is not enumerable: its risks are **estimated**, the mean of the exact risks of "
                  f"{settings['runs']} seeded runs (seed {ctx.seed}) with the 95% t-interval of that mean for "
                  f"{ctx.goal.name}; its KL and TV are plug-in values of the runs' empirical distribution.")
+        note += "".join(" " + band_text(r, ctx.goal.name) for r in rows if r["runs"] is not None)
     st.caption(" ".join(t for t in (note, eos_note(truth)) if t))
     st.download_button("Download table (CSV)", table.to_csv(index=False), "theory_table.csv", "text/csv",
                        key="th_csv")
