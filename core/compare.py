@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from core.compute import pin_thread
-from core.cost import Capped, CostModel
+from core.cost import SEARCH_BUDGET, SEARCH_DEPTH, Capped, CostModel
 from core.decoders import (
     Beam,
     Fixed,
@@ -77,7 +77,7 @@ from core.rollout import (
 )
 from core.warpers import CHAIN
 
-NEURAL_NODE_BUDGET = 256  # best-first expansions per committed token for lookahead on a neural model
+NEURAL_NODE_BUDGET = SEARCH_BUDGET  # best-first expansions per committed token for lookahead on a neural model
 BAYES_NODE_BUDGET = 256  # expansions for the mode search on a neural model (then beam fallback, labelled approximate)
 MAX_NEURAL_LOOKAHEAD = 4  # deepest lookahead offered on a neural model (cost grows with depth)
 MAX_BEAM_WIDTH = 16
@@ -651,12 +651,12 @@ MODE_CALLS = 4  # ``logprobs`` calls of 16 nodes a 0-1 mode search typically mak
 def lookahead_token_s(cost: CostModel, depth: int, node_budget: int, batch: int) -> float:
     """Predicted seconds per committed token of ``Lookahead(depth)``: ``logprobs`` calls per token times the
     seconds of a call. Calls: the shipped model's typical count (``LOOKAHEAD_CALLS``), raised to what this
-    model's search probe made (``CostModel.search_calls``, scaled from depth 2 like the typical counts) when
+    model's search probe made (``CostModel.search_calls``, scaled from its depth like the typical counts) when
     that is more (a flat model expands up to its node budget), never above node_budget / batch calls plus the
     depth - 1 calls that complete the best open node greedily when the budget runs out."""
     most = math.ceil(node_budget / batch) + depth - 1
     typical = LOOKAHEAD_CALLS.get(depth, most)
-    calls = 1 if depth <= 1 else min(most, max(typical, cost.search_calls * typical / LOOKAHEAD_CALLS[2]))
+    calls = 1 if depth <= 1 else min(most, max(typical, cost.search_calls * typical / LOOKAHEAD_CALLS[SEARCH_DEPTH]))
     return calls * max(cost.step(batch) + cost.token_s, cost.search_call_s)
 
 

@@ -27,10 +27,11 @@ MEASURED_ROWS = (1, 16, 64, 256)  # batch sizes timed for a one-token step
 PREFILL_TOKENS = 32  # tokens fed at once to time a prompt pass (and teacher forcing)
 REPEATS = 2  # each timing is the fastest of this many runs (the least disturbed by other work)
 LARGEST_STEP_S = 0.2  # stop timing larger batches once a step takes this long (then predict linearly)
-# The search probe: one committed token of an exact depth-2 lookahead (Compare's default on a neural model:
-# node budget 256, 4 nodes per call). How many calls it makes depends on the model, not only on its size: a
-# peaked model prunes almost everything (the shipped one: a few calls), a flat one runs to the budget (64).
-SEARCH_DEPTH, SEARCH_BUDGET, SEARCH_BATCH = 2, 256, 4
+# The search probe: one committed token of the exact lookahead Compare runs on a neural model by default (depth
+# 2, this node budget: core.compare.NEURAL_NODE_BUDGET is this value, and Lookahead's own nodes per call). How
+# many calls it makes depends on the model, not only on its size: a peaked model prunes almost everything (the
+# shipped one: a few calls), a flat one runs to the budget (64).
+SEARCH_DEPTH, SEARCH_BUDGET = 2, 256
 
 
 def budget_seconds() -> float:
@@ -61,7 +62,7 @@ class CostModel:
         sort_row_s: seconds per row and step of a warper that sorts the vocabulary (top-p, typical, min-p)
             and the draw after it.
         search_calls: ``logprobs`` calls the search probe made for one committed token (``SEARCH_DEPTH``,
-            ``SEARCH_BUDGET``, ``SEARCH_BATCH``) on the measured prompt; 0 when not measured.
+            ``SEARCH_BUDGET``, ``Lookahead.batch``) on the measured prompt; 0 when not measured.
         search_call_s: seconds per call of that probe (each call feeds a batch of prefixes past the prefix
             cache's last full block); 0 when not measured.
     """
@@ -182,12 +183,12 @@ class _Counting:
 
 def _search_costs(model, prompt: list[int]) -> tuple[float, float]:
     """(calls, seconds per call) of the search probe after ``prompt``; (0, 0) without a prompt."""
-    from core.search import best_first_search
+    from core.search import Lookahead, best_first_search
 
     if not prompt:
         return 0.0, 0.0
     counting = _Counting(model)
-    seconds = _timed(lambda: best_first_search(counting, prompt, SEARCH_DEPTH, SEARCH_BUDGET, SEARCH_BATCH))
+    seconds = _timed(lambda: best_first_search(counting, prompt, SEARCH_DEPTH, SEARCH_BUDGET, Lookahead.batch))
     return float(counting.calls), seconds / max(1, counting.calls)
 
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from core.compare import LOOKAHEAD_CALLS, lookahead_token_s
-from core.cost import DEFAULT_BUDGET_S, SEARCH_BATCH, SEARCH_BUDGET, Capped, CostModel, budget_seconds, fit, measure
+from core.cost import DEFAULT_BUDGET_S, SEARCH_BUDGET, Capped, CostModel, budget_seconds, fit, measure
+from core.decoders import Lookahead
 from core.toy import PRESETS
 
 LOCAL = CostModel("local", (1, 16, 64), (0.004, 0.008, 0.014), 0.0002)
@@ -66,7 +67,7 @@ def test_lookahead_is_predicted_from_the_model_s_own_search_probe(tiny_engine):
     """A peaked model prunes its search (the typical call counts are a floor); a flat one, like a randomly
     initialised model, expands to the node budget, and its prediction follows the probe, never past the budget."""
     local = measure(tiny_engine, [1, 2, 3])
-    assert 1 <= local.search_calls <= SEARCH_BUDGET / SEARCH_BATCH + 1 and local.search_call_s > 0
+    assert 1 <= local.search_calls <= SEARCH_BUDGET / Lookahead.batch + 1 and local.search_call_s > 0
     call = LOCAL.step(4) + LOCAL.token_s
     peaked = replace(LOCAL, search_calls=2.0, search_call_s=0.001)
     assert lookahead_token_s(peaked, 2, 256, 4) == pytest.approx(LOOKAHEAD_CALLS[2] * call)
