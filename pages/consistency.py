@@ -28,6 +28,7 @@ from pages.charts import risk_curves, show_chart
 from pages.common import check_state, declare_state, in_range, setup_page, show_error
 from pages.lab_guard import Progress, costs, guard
 from pages.toy_picker import (
+    DECODER_HASH,
     build_toy,
     check_goal_fits,
     eos_note,
@@ -85,9 +86,7 @@ STATE_RULES = {
 }
 
 
-# st.cache_data hashes a dataclass by its fields (dataclasses.asdict), so MBR(ZeroOne()) and MBR(Hamming())
-# would share an entry: hash MBR by its repr, which names its goal.
-@st.cache_data(max_entries=4096, show_spinner=False, hash_funcs={MBR: repr})
+@st.cache_data(max_entries=4096, show_spinner=False, hash_funcs=DECODER_HASH)
 def point(spec: tuple, decoder, goal, family: str, noise: str, x: float, n_seeds: int, seed: int, runs: int):
     """(x, risk, low, high) of the decoder run on the model q of ``family`` at x."""
     truth = build_toy(spec)
@@ -95,7 +94,7 @@ def point(spec: tuple, decoder, goal, family: str, noise: str, x: float, n_seeds
                       n_draws=runs)[0]
 
 
-@st.cache_data(max_entries=512, show_spinner=False, hash_funcs={MBR: repr})
+@st.cache_data(max_entries=512, show_spinner=False, hash_funcs=DECODER_HASH)
 def at_p(spec: tuple, decoder, goal, seed: int, runs: int) -> float:
     """The decoder's risk when it decodes p itself (exact, or estimated like the curve's points)."""
     truth = build_toy(spec)

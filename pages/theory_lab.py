@@ -21,6 +21,7 @@ from pages.charts import distribution_bars, interval_heatmap, show_chart
 from pages.common import check_state, declare_state, in_range, setup_page, show_error
 from pages.lab_guard import Progress, costs, guard
 from pages.toy_picker import (
+    DECODER_HASH,
     build_toy,
     check_goal_fits,
     eos_note,
@@ -62,9 +63,7 @@ def lab_decoders(length: int, tau: float) -> list:
     return [Greedy(), *[Lookahead(d) for d in depths], Beam(2), Sampling(temperature=tau), Sampling()]
 
 
-# st.cache_data hashes a dataclass by its fields (dataclasses.asdict), so MBR(ZeroOne()) and MBR(Hamming())
-# would share an entry: hash MBR by its repr, which names its goal.
-@st.cache_data(max_entries=512, show_spinner=False, hash_funcs={MBR: repr})
+@st.cache_data(max_entries=512, show_spinner=False, hash_funcs=DECODER_HASH)
 def table_row(spec: tuple, goals: tuple, decoder, seed: int, runs: int) -> dict:
     truth = build_toy(spec)
     return risk_row(goals, truth, decoder, truth.length, seed, runs)
@@ -102,12 +101,6 @@ def more_samplers_ui(goal) -> tuple[list, bool]:
     return samplers, mbr and goal.pointwise
 
 
-def risk_how(row: dict, goal_col: str) -> str:
-    if row["runs"] is None:
-        return "exact"
-    return "estimated"
-
-
 def band_text(row: dict, goal_col: str) -> str:
     """An estimated row's 95% band for the sidebar's goal, for the caption under the table."""
     low, high, n = row[f"{goal_col} (95% low)"], row[f"{goal_col} (95% high)"], row["runs"]
@@ -119,7 +112,7 @@ def band_text(row: dict, goal_col: str) -> str:
 
 def table_frame(rows: list[dict], truth, goals, goal_col: str) -> pd.DataFrame:
     table = pd.DataFrame([{"decoder": r["decoder"], "output": "random" if r["output"] is None else
-                           output_text(truth, r["output"]), "risk is": risk_how(r, goal_col),
+                           output_text(truth, r["output"]), "risk is": "exact" if r["runs"] is None else "estimated",
                            **{g.name: r[g.name] for g in goals}} for r in rows])
     table = table.sort_values(goal_col, kind="stable").reset_index(drop=True)
     table.insert(3, f"regret ({goal_col})", table[goal_col] - table[goal_col].min())
