@@ -349,16 +349,15 @@ def _draw_sidebar() -> None:
         if preset is not None:
             sb.caption(preset.description)
     else:
-        names = [p["name"] for p in example_prompts()]
+        examples = example_prompts()
         # the box names the example the prompt is (None: the user's own text, from typing or a link)
-        st.session_state["example_prompt"] = next(
-            (p["name"] for p in example_prompts() if p["text"] == st.session_state.get("prompt")), None)
-        sb.selectbox("Example prompt", names, key="example_prompt", on_change=_on_example,
+        shown = next((p for p in examples if p["text"] == st.session_state.get("prompt")), None)
+        st.session_state["example_prompt"] = shown["name"] if shown else None
+        sb.selectbox("Example prompt", [p["name"] for p in examples], key="example_prompt", on_change=_on_example,
                      placeholder="Your own prompt — or pick an example",
                      help="Loads the example into the prompt box; edit it freely.")
-        note = next((p.get("note") for p in example_prompts() if p["name"] == st.session_state["example_prompt"]), "")
-        if note:
-            sb.caption(note)
+        if shown and shown.get("note"):
+            sb.caption(shown["note"])
         sb.text_area("Prompt", key="prompt", height=140)
     sb.number_input("Steps (new tokens)", step=1, key="steps",
                     help=f"1 to the toy's length for toys; 1 to {MAX_TEXT_STEPS} for text models.")
